@@ -1,0 +1,28 @@
+//! Celery and Kombu on the wire, for a worker that must be interchangeable with Python Celery.
+//!
+//! Two halves live here:
+//!
+//! * **Pure formats** (no I/O): [`envelope`] (Kombu's Redis list entry), [`message`] (task
+//!   messages, protocol v2 and v1), [`content`] and [`compression`] (body codecs), [`result`]
+//!   (result records and exception encoding), [`time`] (Python `isoformat` timestamps) and
+//!   [`kombu`] (key names and priority layout). These take bytes and return typed values or a
+//!   [`DecodeError`]; they never panic on hostile input, which a property test checks.
+//! * **Redis clients** ([`redis`]): the Kombu-compatible broker and the result backend, which
+//!   call the pure code and own every connection.
+
+pub mod compression;
+pub mod content;
+pub mod envelope;
+pub mod error;
+pub mod kombu;
+pub mod message;
+pub mod redis;
+pub mod result;
+pub mod time;
+
+pub use compression::Compression;
+pub use content::ContentType;
+pub use envelope::Envelope;
+pub use error::{DecodeError, EncodeError};
+pub use message::{Embed, Protocol, TaskHeaders, TaskMessage, TaskProperties};
+pub use result::{PyException, ResultRecord, State};

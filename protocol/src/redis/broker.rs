@@ -1,0 +1,434 @@
+//! The broker side of Kombu's Redis transport, as a worker needs it.
+//!
+//! Same keys and values as Kombu (queue lists per priority step, the `unacked` hash and
+//! `unacked_index` zset, the `unacked_mutex` lock), so that Python workers and ours can share
+//! queues and restore each other's timed-out messages. Where Kombu takes several round trips
+//! for one message, we batch: one script call fetches and tracks up to a prefetch window, one
+//! pipeline acks many.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands as _, Value as RValue};
+use serde_json::{Map, Value};
+use tracing::warn;
+
+use super::scripts::{FETCH, RELEASE_LOCK, RESTORE};
+use super::url::{RedisUrl, UrlError};
+use super::RedisClientError;
+use crate::envelope::{self, Envelope};
+use crate::kombu;
+
+/// Broker settings (Kombu's `broker_transport_options` plus our additions).
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    /// How long a delivered message may stay unacked before any worker restores it (3600 s).
+    pub visibility_timeout: Duration,
+    /// Name of the unacked hash (`unacked`).
+    pub unacked_key: String,
+    /// Name of the unacked index zset (`unacked_index`).
+    pub unacked_index_key: String,
+    /// Name of the restore lock (`unacked_mutex`).
+    pub unacked_mutex_key: String,
+    /// List where undecodable messages are set aside, never to be executed.
+    pub dead_letter_key: String,
+    /// Name written into dead-letter records.
+    pub worker_name: String,
+    /// How long to wait for a reply before treating the connection as lost.
+    pub response_timeout: Duration,
+    /// How long one blocking poll waits for a message (Kombu's `brpop_timeout`, 1 s).
+    pub poll_timeout: Duration,
+    /// Most timed-out messages restored per scan round.
+    pub restore_batch: usize,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        Self {
+            visibility_timeout: Duration::from_secs(3600),
+            unacked_key: kombu::UNACKED.into(),
+            unacked_index_key: kombu::UNACKED_INDEX.into(),
+            unacked_mutex_key: kombu::UNACKED_MUTEX.into(),
+            dead_letter_key: "celeriac.rejected".into(),
+            worker_name: "celeriac".into(),
+            response_timeout: Duration::from_secs(30),
+            poll_timeout: Duration::from_secs(1),
+            restore_batch: 1000,
+        }
+    }
+}
+
+/// Where a fetched message stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Recorded in the unacked structures under this delivery tag; must be acked or handed back.
+    Tracked(String),
+    /// Not a Kombu envelope: already pushed onto the dead-letter list by the fetch itself.
+    DeadLettered,
+}
+
+/// One message taken from a queue.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The list element as it was on the queue.
+    pub raw: String,
+    /// The queue it came from (the list key without its priority suffix).
+    pub queue: String,
+    /// Tracked or already set aside.
+    pub state: DeliveryState,
+}
+
+/// A Kombu-compatible Redis broker client.
+#[derive(Clone)]
+pub struct RedisBroker {
+    cmd: ConnectionManager,
+    blocking: ConnectionManager,
+    opts: BrokerOptions,
+    url: RedisUrl,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker").field("url", &self.url).field("opts", &self.opts).finish()
+    }
+}
+
+/// The current time as Kombu writes it into `unacked_index` (`time.time()`).
+pub(crate) fn now_unix() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+pub(crate) async fn manager(
+    url: &RedisUrl,
+    response_timeout: Duration,
+) -> Result<ConnectionManager, RedisClientError> {
+    let client = url.client().map_err(|e| match e {
+        UrlError::Client(r) => RedisClientError::Redis(r),
+        other => RedisClientError::Reply(other.to_string()),
+    })?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(response_timeout))
+        .set_min_delay(Duration::from_millis(100))
+        .set_max_delay(Duration::from_secs(2))
+        .set_number_of_retries(2)
+        .set_pipeline_buffer_size(4096);
+    Ok(client.get_connection_manager_with_config(config).await?)
+}
+
+impl RedisBroker {
+    /// Connects (one attempt: callers retry with their backoff).
+    pub async fn connect(url: &RedisUrl, opts: BrokerOptions) -> Result<Self, RedisClientError> {
+        let cmd = manager(url, opts.response_timeout).await?;
+        let blocking = manager(url, opts.poll_timeout + opts.response_timeout).await?;
+        Ok(Self { cmd, blocking, opts, url: url.clone() })
+    }
+
+    /// The settings in use.
+    pub fn options(&self) -> &BrokerOptions {
+        &self.opts
+    }
+
+    /// The broker URL (its `Display` hides the password).
+    pub fn url(&self) -> &RedisUrl {
+        &self.url
+    }
+
+    /// Declares the bindings a Celery worker declares when it starts consuming `queues`
+    /// (direct exchange named after the queue, routing key = queue name).
+    pub async fn declare_queues(&self, queues: &[String]) -> Result<(), RedisClientError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for q in queues {
+            let member = kombu::binding_member(q, "", q);
+            pipe.sadd(kombu::binding_key(q), &member).ignore();
+            pipe.sadd(kombu::binding_permanent_key(q), &member).ignore();
+        }
+        pipe.query_async::<()>(&mut self.cmd.clone()).await?;
+        Ok(())
+    }
+
+    /// Takes up to `max` waiting messages from `queues` (in this order, all queues at each
+    /// priority step before the next step) and tracks them as unacked, in one round trip.
+    pub async fn fetch(&self, queues: &[String], max: usize) -> Result<Vec<Delivery>, RedisClientError> {
+        if max == 0 || queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = kombu::poll_keys(queues);
+        let mut inv = FETCH.prepare_invoke();
+        inv.key(&self.opts.unacked_key).key(&self.opts.unacked_index_key);
+        for k in &keys {
+            inv.key(k);
+        }
+        inv.arg(max).arg(format!("{:.6}", now_unix())).arg(&self.opts.dead_letter_key).arg(&self.opts.worker_name);
+        for k in &keys {
+            inv.arg(kombu::queue_of_key(k));
+        }
+        let rows: Vec<(usize, Vec<u8>, String)> = inv.invoke_async(&mut self.cmd.clone()).await?;
+        rows.into_iter()
+            .map(|(idx, raw, tag)| {
+                let key = idx
+                    .checked_sub(1)
+                    .and_then(|i| keys.get(i))
+                    .ok_or_else(|| RedisClientError::Reply(format!("fetch script returned key index {idx}")))?;
+                let state = if tag.is_empty() { DeliveryState::DeadLettered } else { DeliveryState::Tracked(tag) };
+                Ok(Delivery {
+                    raw: String::from_utf8_lossy(&raw).into_owned(),
+                    queue: kombu::queue_of_key(key).to_owned(),
+                    state,
+                })
+            })
+            .collect()
+    }
+
+    /// Blocks up to the poll timeout for one message (BRPOP, as Kombu does when idle) and tracks
+    /// it as unacked. As in Kombu, a crash between the pop and the tracking loses that message;
+    /// under load [`fetch`](Self::fetch) serves instead and has no such gap.
+    ///
+    /// Not cancel-safe: dropping the future while the pop is in flight can lose the message.
+    pub async fn wait(&self, queues: &[String]) -> Result<Option<Delivery>, RedisClientError> {
+        let keys = kombu::poll_keys(queues);
+        let timeout = self.opts.poll_timeout.as_secs_f64().max(0.01);
+        let reply: Option<(String, Vec<u8>)> = redis::cmd("BRPOP")
+            .arg(&keys)
+            .arg(timeout)
+            .query_async(&mut self.blocking.clone())
+            .await?;
+        let Some((key, raw)) = reply else { return Ok(None) };
+        let queue = kombu::queue_of_key(&key).to_owned();
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        let parsed = Envelope::from_json(&raw).ok();
+        let tag = parsed.as_ref().and_then(|e| e.delivery_tag()).filter(|t| !t.is_empty());
+        let Some(tag) = tag.map(str::to_owned) else {
+            let reason = "not a Kombu envelope: invalid JSON or no properties.delivery_tag";
+            self.dead_letter(None, &raw, &queue, reason).await?;
+            return Ok(Some(Delivery { raw, queue, state: DeliveryState::DeadLettered }));
+        };
+        let (ex, rk) = parsed
+            .as_ref()
+            .map(|e| (e.exchange().to_owned(), e.routing_key().to_owned()))
+            .unwrap_or_default();
+        let rk = if rk.is_empty() { queue.clone() } else { rk };
+        let entry = envelope::unacked_entry(&raw, &ex, &rk);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .zadd(&self.opts.unacked_index_key, &tag, now_unix())
+            .ignore()
+            .hset(&self.opts.unacked_key, &tag, entry)
+            .ignore();
+        if let Err(e) = pipe.query_async::<()>(&mut self.cmd.clone()).await {
+            // The message is in our hands only. Put it straight back rather than risk losing it.
+            warn!(error = %e, queue = %queue, "could not track a polled message; pushing it back");
+            let _: () = self.cmd.clone().rpush(&key, raw.as_bytes()).await?;
+            return Ok(None);
+        }
+        Ok(Some(Delivery { raw, queue, state: DeliveryState::Tracked(tag) }))
+    }
+
+    /// Acknowledges messages: removes them from the unacked structures (one atomic pipeline).
+    pub async fn ack<S: AsRef<str>>(&self, tags: &[S]) -> Result<(), RedisClientError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let tags: Vec<&str> = tags.iter().map(AsRef::as_ref).collect();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .zrem(&self.opts.unacked_index_key, &tags)
+            .ignore()
+            .hdel(&self.opts.unacked_key, &tags)
+            .ignore();
+        pipe.query_async::<()>(&mut self.cmd.clone()).await?;
+        Ok(())
+    }
+
+    /// Hands a tracked message back to `queue` with Kombu's `redelivered` flags: at the tail
+    /// (taken next) like Kombu's restore, or at the head (behind everything) like its reject.
+    /// Returns false when the message was no longer unacked (acked or restored by someone else).
+    pub async fn requeue(
+        &self,
+        tag: &str,
+        raw: &str,
+        queue: &str,
+        behind_others: bool,
+    ) -> Result<bool, RedisClientError> {
+        let mut env = match Envelope::from_json(raw) {
+            Ok(env) => env,
+            Err(e) => {
+                self.dead_letter(Some(tag), raw, queue, &format!("cannot requeue: {e}")).await?;
+                return Ok(false);
+            }
+        };
+        env.mark_redelivered();
+        let key = kombu::queue_key(queue, env.priority());
+        self.move_back(tag, &env.to_json(), &key, if behind_others { "LPUSH" } else { "RPUSH" }, None)
+            .await
+    }
+
+    async fn move_back(
+        &self,
+        tag: &str,
+        payload: &str,
+        key: &str,
+        how: &str,
+        cutoff: Option<f64>,
+    ) -> Result<bool, RedisClientError> {
+        let moved: i64 = RESTORE
+            .key(&self.opts.unacked_key)
+            .key(&self.opts.unacked_index_key)
+            .key(key)
+            .arg(tag)
+            .arg(payload)
+            .arg(how)
+            .arg(cutoff.map(|c| format!("{c:.6}")).unwrap_or_default())
+            .invoke_async(&mut self.cmd.clone())
+            .await?;
+        Ok(moved == 1)
+    }
+
+    /// Sets a message aside on the dead-letter list with the reason, removing it from the
+    /// unacked structures when it was tracked. The record is JSON:
+    /// `{"reason", "queue", "worker", "received_at", "payload"}`.
+    pub async fn dead_letter(
+        &self,
+        tag: Option<&str>,
+        raw: &str,
+        queue: &str,
+        reason: &str,
+    ) -> Result<(), RedisClientError> {
+        let mut record = Map::new();
+        record.insert("reason".into(), Value::String(reason.into()));
+        record.insert("queue".into(), Value::String(queue.into()));
+        record.insert("worker".into(), Value::String(self.opts.worker_name.clone()));
+        record.insert("received_at".into(), Value::String(format!("{:.6}", now_unix())));
+        record.insert("payload".into(), Value::String(raw.into()));
+        let mut pipe = redis::pipe();
+        pipe.atomic().lpush(&self.opts.dead_letter_key, Value::Object(record).to_string()).ignore();
+        if let Some(tag) = tag {
+            pipe.zrem(&self.opts.unacked_index_key, tag).ignore();
+            pipe.hdel(&self.opts.unacked_key, tag).ignore();
+        }
+        pipe.query_async::<()>(&mut self.cmd.clone()).await?;
+        Ok(())
+    }
+
+    /// Marks held messages as freshly delivered (ZADD XX), so no one restores them while we
+    /// hold them. Acked or restored tags are not re-added.
+    pub async fn refresh<S: AsRef<str>>(&self, tags: &[S]) -> Result<(), RedisClientError> {
+        let now = now_unix();
+        for chunk in tags.chunks(500) {
+            let mut cmd = redis::cmd("ZADD");
+            cmd.arg(&self.opts.unacked_index_key).arg("XX");
+            for t in chunk {
+                cmd.arg(now).arg(t.as_ref());
+            }
+            cmd.query_async::<RValue>(&mut self.cmd.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// Restores messages unacked for longer than the visibility timeout to their queues, as
+    /// Kombu's `restore_visible` does (same lock, same flags, RPUSH). Returns how many moved.
+    pub async fn restore_timed_out(&self) -> Result<usize, RedisClientError> {
+        let mut conn = self.cmd.clone();
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let locked: Option<String> = redis::cmd("SET")
+            .arg(&self.opts.unacked_mutex_key)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(kombu::UNACKED_MUTEX_EXPIRE_MS)
+            .query_async(&mut conn)
+            .await?;
+        if locked.is_none() {
+            return Ok(0);
+        }
+        let result = self.restore_locked().await;
+        let released: Result<i64, _> = RELEASE_LOCK
+            .key(&self.opts.unacked_mutex_key)
+            .arg(&token)
+            .invoke_async(&mut conn)
+            .await;
+        if let Err(e) = released {
+            warn!(error = %e, "could not release the restore lock; it expires by itself");
+        }
+        result
+    }
+
+    async fn restore_locked(&self) -> Result<usize, RedisClientError> {
+        let mut conn = self.cmd.clone();
+        let mut restored = 0;
+        for _round in 0..16 {
+            let cutoff = now_unix() - self.opts.visibility_timeout.as_secs_f64();
+            let due: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
+                .arg(&self.opts.unacked_index_key)
+                .arg("-inf")
+                .arg(cutoff)
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(self.opts.restore_batch)
+                .query_async(&mut conn)
+                .await?;
+            let mut moved_this_round = 0;
+            for (tag, _score) in &due {
+                let entry: Option<String> = conn.hget(&self.opts.unacked_key, tag).await?;
+                let Some(entry) = entry else {
+                    // Index entry without a message: nothing to restore, drop the stale index.
+                    let _: i64 = conn.zrem(&self.opts.unacked_index_key, tag).await?;
+                    continue;
+                };
+                let (mut env, exchange, routing_key) = match envelope::parse_unacked_entry(&entry) {
+                    Ok(parts) => parts,
+                    Err(e) => {
+                        let reason = format!("unacked entry cannot be restored: {e}");
+                        self.dead_letter(Some(tag), &entry, "", &reason).await?;
+                        continue;
+                    }
+                };
+                env.mark_redelivered();
+                let queue = self.lookup(&exchange, &routing_key).await?;
+                let key = kombu::queue_key(&queue, env.priority());
+                if self.move_back(tag, &env.to_json(), &key, "RPUSH", Some(cutoff)).await? {
+                    restored += 1;
+                    moved_this_round += 1;
+                }
+            }
+            if due.len() < self.opts.restore_batch || moved_this_round == 0 {
+                break;
+            }
+        }
+        Ok(restored)
+    }
+
+    /// The queue a message published with `exchange`/`routing_key` lands in (Kombu's `_lookup`
+    /// for the anonymous and direct exchanges Celery uses).
+    async fn lookup(&self, exchange: &str, routing_key: &str) -> Result<String, RedisClientError> {
+        if exchange.is_empty() {
+            return Ok(routing_key.to_owned());
+        }
+        let members: Vec<String> = self.cmd.clone().smembers(kombu::binding_key(exchange)).await?;
+        let queue = members
+            .iter()
+            .filter_map(|m| kombu::parse_binding_member(m))
+            .find(|(rk, _, _)| *rk == routing_key)
+            .map(|(_, _, q)| q.to_owned());
+        Ok(queue.unwrap_or_else(|| routing_key.to_owned()))
+    }
+
+    /// Publishes an envelope to `queue` at its priority (LPUSH, as Kombu's `_put`).
+    pub async fn publish(&self, queue: &str, env: &Envelope) -> Result<(), RedisClientError> {
+        let key = kombu::queue_key(queue, env.priority());
+        let _: i64 = self.cmd.clone().lpush(key, env.to_json()).await?;
+        Ok(())
+    }
+
+    /// Number of messages waiting in `queue` over all priority lists (Kombu's `_size`).
+    pub async fn queue_len(&self, queue: &str) -> Result<u64, RedisClientError> {
+        let mut pipe = redis::pipe();
+        for step in kombu::PRIORITY_STEPS {
+            pipe.llen(kombu::queue_key(queue, step));
+        }
+        let lens: Vec<u64> = pipe.query_async(&mut self.cmd.clone()).await?;
+        Ok(lens.iter().sum())
+    }
+}

@@ -1,0 +1,121 @@
+//! The Lua scripts that make multi-step Kombu operations atomic on the server.
+//!
+//! Kombu does these steps from the client (BRPOP, then ZADD+HSET; WATCH/MULTI for restores);
+//! a script does the same writes to the same keys in one step, so no crash can fall between
+//! them, and one round trip serves a whole batch.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Takes up to `ARGV[1]` messages from the lists `KEYS[3..]`, in order, recording each in the
+/// unacked hash `KEYS[1]` (value `[envelope, exchange, routing_key]`, as Kombu writes it) and the
+/// index `KEYS[2]` (score `ARGV[2]`, the delivery time). A list element that is not a Kombu
+/// envelope cannot be tracked, so it is pushed onto the dead-letter list `ARGV[3]` in the same
+/// step. `ARGV[4]` is the worker's name; `ARGV[4 + i]` is the queue of `KEYS[2 + i]`.
+/// Returns `{key_index, raw, delivery_tag or ''}` per message (`''` = dead-lettered).
+pub static FETCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local max = tonumber(ARGV[1])
+local out = {}
+for i = 3, #KEYS do
+  while #out < max do
+    local raw = redis.call('RPOP', KEYS[i])
+    if not raw then break end
+    local queue = ARGV[i + 2]
+    local ok, env = pcall(cjson.decode, raw)
+    local tag = nil
+    if ok and type(env) == 'table' and type(env.properties) == 'table' then
+      tag = env.properties.delivery_tag
+    end
+    if type(tag) == 'string' and tag ~= '' then
+      local ex, rk = '', queue
+      local info = env.properties.delivery_info
+      if type(info) == 'table' then
+        if type(info.exchange) == 'string' then ex = info.exchange end
+        if type(info.routing_key) == 'string' then rk = info.routing_key end
+      end
+      redis.call('ZADD', KEYS[2], ARGV[2], tag)
+      redis.call('HSET', KEYS[1], tag, '[' .. raw .. ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']')
+      out[#out + 1] = {i - 2, raw, tag}
+    else
+      redis.call('LPUSH', ARGV[3], cjson.encode({
+        reason = 'not a Kombu envelope: invalid JSON or no properties.delivery_tag',
+        queue = queue, worker = ARGV[4], received_at = ARGV[2], payload = raw}))
+      out[#out + 1] = {i - 2, raw, ''}
+    end
+  end
+  if #out >= max then break end
+end
+return out
+"#,
+    )
+});
+
+/// Moves one unacked message (tag `ARGV[1]`) back onto the list `KEYS[3]`: removes it from the
+/// unacked hash `KEYS[1]` and index `KEYS[2]` and pushes `ARGV[2]` with `ARGV[3]` (`RPUSH`: next
+/// to be taken, as Kombu's restore does; `LPUSH`: behind everything, as its reject does). With a
+/// cutoff in `ARGV[4]`, only moves it if its index score is still at or below the cutoff, so a
+/// message whose holder refreshed it in the meantime stays where it is. Returns 1 if moved.
+pub static RESTORE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if not redis.call('HGET', KEYS[1], ARGV[1]) then return 0 end
+if ARGV[4] ~= '' then
+  local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  if not score or tonumber(score) > tonumber(ARGV[4]) then return 0 end
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+if ARGV[3] == 'LPUSH' then
+  redis.call('LPUSH', KEYS[3], ARGV[2])
+else
+  redis.call('RPUSH', KEYS[3], ARGV[2])
+end
+return 1
+"#,
+    )
+});
+
+/// Deletes `KEYS[1]` only if it still holds the token `ARGV[1]` (releases the restore lock).
+pub static RELEASE_LOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#,
+    )
+});
+
+/// Stores result records like Celery's Redis backend: for each key `KEYS[i]`, unless it already
+/// holds a SUCCESS record (Celery's guard against a redelivered task overwriting its result),
+/// `SETEX` (or `SET` when the TTL `ARGV[2i-1]` is 0) the record `ARGV[2i]` and `PUBLISH` it on
+/// the key's channel for clients waiting in `AsyncResult.get()`. Returns how many were written.
+pub static STORE_RESULTS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local written = 0
+for i = 1, #KEYS do
+  local ttl = tonumber(ARGV[2 * i - 1])
+  local record = ARGV[2 * i]
+  local cur = redis.call('GET', KEYS[i])
+  local keep = false
+  if cur then
+    local ok, meta = pcall(cjson.decode, cur)
+    keep = ok and type(meta) == 'table' and meta.status == 'SUCCESS'
+  end
+  if not keep then
+    if ttl > 0 then
+      redis.call('SETEX', KEYS[i], ttl, record)
+    else
+      redis.call('SET', KEYS[i], record)
+    end
+    redis.call('PUBLISH', KEYS[i], record)
+    written = written + 1
+  end
+end
+return written
+"#,
+    )
+});
