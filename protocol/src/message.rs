@@ -437,12 +437,12 @@ impl TaskMessage {
         if let Some(r) = &p.reply_to {
             props.insert("reply_to".into(), Value::String(r.clone()));
         }
+        for (k, v) in &p.extra {
+            props.insert(k.clone(), v.clone());
+        }
         props.insert("delivery_mode".into(), Value::from(p.delivery_mode.unwrap_or(2)));
         if let Some(e) = &p.expiration {
             props.insert("expiration".into(), Value::String(e.clone()));
-        }
-        for (k, v) in &p.extra {
-            props.insert(k.clone(), v.clone());
         }
         let mut info = Map::new();
         info.insert("exchange".into(), Value::String(p.exchange.clone()));
@@ -578,6 +578,22 @@ fn truncate(mut s: String, max: usize) -> String {
         s.truncate(cut);
     }
     s
+}
+
+/// A Python-style `repr` of positional args as the tuple Celery prints: `(1, 2)`, `(1,)`, `()`.
+pub fn py_tuple_repr(args: &[Value]) -> String {
+    let mut out = String::from("(");
+    for (i, v) in args.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        write_repr(v, &mut out);
+    }
+    if args.len() == 1 {
+        out.push(',');
+    }
+    out.push(')');
+    out
 }
 
 /// A Python-style `repr` of a JSON value, for `argsrepr`/`kwargsrepr` (display only).
@@ -732,5 +748,8 @@ mod tests {
     fn repr_looks_like_python() {
         assert_eq!(py_repr(&json!([1, "x", null, true, {"k": [1.5]}])), "[1, 'x', None, True, {'k': [1.5]}]");
         assert_eq!(py_repr(&json!("it's")), "\"it's\"");
+        assert_eq!(py_tuple_repr(&[json!(1)]), "(1,)");
+        assert_eq!(py_tuple_repr(&[json!(1), json!("a")]), "(1, 'a')");
+        assert_eq!(py_tuple_repr(&[]), "()");
     }
 }

@@ -1,0 +1,280 @@
+//! The command line: flags and environment variables (Celery's names) in, a validated
+//! [`WorkerConfig`] out, then the worker runs with signals mapped to its shutdown input.
+//!
+//! Your own binary reuses all of it: `celeriac_worker::cli::main(registry_builder)`.
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use celeriac_protocol::redis::{RedisUrl, UrlError};
+use chrono_tz::Tz;
+use clap::Parser;
+use thiserror::Error;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::WorkerConfig;
+use crate::registry::RegistryBuilder;
+use crate::test_tasks;
+use crate::worker::Worker;
+
+/// Flags and environment variables, as given.
+#[derive(Debug, Parser)]
+#[command(name = "celeriac-worker", version, about = "A Celery-compatible worker that runs Rust task handlers.")]
+pub struct Args {
+    /// Broker URL: redis://[:password@]host[:port][/db] or rediss://…
+    #[arg(short = 'b', long, env = "CELERY_BROKER_URL", default_value = "redis://127.0.0.1:6379/0", hide_env_values = true)]
+    pub broker: String,
+    /// Result backend URL (Redis). Without it no results are stored.
+    #[arg(long, env = "CELERY_RESULT_BACKEND", hide_env_values = true)]
+    pub result_backend: Option<String>,
+    /// Comma-separated queues to consume [default: $CELERY_TASK_DEFAULT_QUEUE or celery]
+    #[arg(short = 'Q', long, env = "CELERY_WORKER_QUEUES", value_delimiter = ',')]
+    pub queues: Vec<String>,
+    /// Tasks run at the same time [default: number of CPUs]
+    #[arg(short = 'c', long, env = "CELERY_WORKER_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Node name; %h = host name, %n = its first label, %d = its domain
+    #[arg(short = 'n', long, env = "CELERY_WORKER_HOSTNAME", default_value = "celery@%h")]
+    pub hostname: String,
+    /// Messages held per concurrency slot (0 = no limit)
+    #[arg(long, env = "CELERY_WORKER_PREFETCH_MULTIPLIER", default_value_t = 4)]
+    pub prefetch_multiplier: usize,
+    /// Seconds a message may stay unacked before any worker restores it to its queue
+    #[arg(long, env = "CELERY_BROKER_VISIBILITY_TIMEOUT", default_value = "3600")]
+    pub visibility_timeout: f64,
+    /// DEBUG, INFO, WARNING, ERROR or CRITICAL
+    #[arg(short = 'l', long, env = "CELERY_WORKER_LOGLEVEL", default_value = "WARNING")]
+    pub loglevel: String,
+    /// Seconds results are kept (0 = forever)
+    #[arg(long, env = "CELERY_RESULT_EXPIRES", default_value = "86400")]
+    pub result_expires: f64,
+    /// App time zone (IANA name): naive ETAs are read in it, date_done is written in it
+    #[arg(long, env = "CELERY_TIMEZONE", default_value = "UTC")]
+    pub timezone: String,
+    /// Store the STARTED state before each task runs
+    #[arg(long, env = "CELERY_TASK_TRACK_STARTED", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub task_track_started: bool,
+    /// Seconds running tasks may finish after SIGTERM before their messages are handed back
+    #[arg(long, env = "CELERIAC_SHUTDOWN_TIMEOUT", default_value = "25")]
+    pub shutdown_timeout: f64,
+    /// Redis list where undecodable messages are set aside
+    #[arg(long, env = "CELERIAC_DEAD_LETTER_KEY", default_value = "celeriac.rejected")]
+    pub dead_letter_key: String,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A URL is unusable.
+    #[error("{setting}: {source}")]
+    Url {
+        /// Which setting.
+        setting: &'static str,
+        /// Why.
+        #[source]
+        source: UrlError,
+    },
+    /// A value is out of range or malformed.
+    #[error("{setting}: {reason}")]
+    Invalid {
+        /// Which setting.
+        setting: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn seconds(setting: &'static str, value: f64, allow_zero: bool) -> Result<Duration, ConfigError> {
+    if !value.is_finite() || value < 0.0 || (!allow_zero && value == 0.0) || value > 1e9 {
+        return Err(ConfigError::Invalid { setting, reason: format!("{value} is not a usable number of seconds") });
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// This machine's host name.
+pub fn host_name() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+/// Expands Celery's `%h`, `%n`, `%d` and `%%` in a node name.
+pub fn expand_hostname(pattern: &str, host: &str) -> String {
+    let (name, domain) = host.split_once('.').unwrap_or((host, ""));
+    let mut out = String::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('h') => out.push_str(host),
+            Some('n') => out.push_str(name),
+            Some('d') => out.push_str(domain),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+impl Args {
+    /// Validates the raw settings.
+    pub fn into_config(self) -> Result<WorkerConfig, ConfigError> {
+        let broker = RedisUrl::parse(&self.broker).map_err(|source| ConfigError::Url { setting: "--broker", source })?;
+        let mut config = WorkerConfig::new(broker);
+        config.result_backend = self
+            .result_backend
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| RedisUrl::parse(&s).map_err(|source| ConfigError::Url { setting: "--result-backend", source }))
+            .transpose()?;
+        let queues: Vec<String> = self.queues.iter().map(|q| q.trim().to_owned()).filter(|q| !q.is_empty()).collect();
+        config.queues = if queues.is_empty() {
+            vec![std::env::var("CELERY_TASK_DEFAULT_QUEUE").ok().filter(|q| !q.is_empty()).unwrap_or_else(|| "celery".into())]
+        } else {
+            queues
+        };
+        if let Some(c) = self.concurrency {
+            if c == 0 || c > 100_000 {
+                return Err(ConfigError::Invalid { setting: "--concurrency", reason: format!("{c} is out of range 1..=100000") });
+            }
+            config.concurrency = c;
+        }
+        config.hostname = expand_hostname(&self.hostname, &host_name());
+        config.prefetch_multiplier = self.prefetch_multiplier;
+        config.visibility_timeout = seconds("--visibility-timeout", self.visibility_timeout, false)?;
+        let expires = seconds("--result-expires", self.result_expires, true)?;
+        config.result_expires = (!expires.is_zero()).then_some(expires);
+        config.timezone = self.timezone.parse::<Tz>().map_err(|e| ConfigError::Invalid { setting: "--timezone", reason: e.to_string() })?;
+        config.track_started = self.task_track_started;
+        config.shutdown_timeout = seconds("--shutdown-timeout", self.shutdown_timeout, true)?;
+        if self.dead_letter_key.is_empty() {
+            return Err(ConfigError::Invalid { setting: "--dead-letter-key", reason: "cannot be empty".into() });
+        }
+        config.dead_letter_key = self.dead_letter_key;
+        Ok(config)
+    }
+}
+
+fn log_filter(level: &str) -> Result<EnvFilter, ConfigError> {
+    let directive = match level.trim().to_ascii_uppercase().as_str() {
+        "DEBUG" => "debug",
+        "INFO" => "info",
+        "WARNING" | "WARN" => "warn",
+        "ERROR" | "CRITICAL" | "FATAL" => "error",
+        other => {
+            return Err(ConfigError::Invalid { setting: "--loglevel", reason: format!("unknown level {other}") });
+        }
+    };
+    Ok(EnvFilter::new(directive))
+}
+
+/// Maps the first SIGTERM/SIGINT to a graceful shutdown and the second to an immediate exit
+/// (messages still unacked are restored by the visibility timeout, by any worker).
+async fn watch_signals(shutdown: CancellationToken) {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        error!("cannot install signal handlers");
+        return;
+    };
+    let first = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    warn!("{first} received: warm shutdown (a second signal exits at once)");
+    shutdown.cancel();
+    let code = tokio::select! {
+        _ = term.recv() => 143,
+        _ = int.recv() => 130,
+    };
+    warn!("second signal: cold shutdown, exiting now; unacked messages stay recoverable");
+    std::process::exit(code);
+}
+
+/// Runs the worker binary with `tasks` plus the `celeriac.test.*` tasks.
+pub fn main(tasks: RegistryBuilder) -> ExitCode {
+    let args = Args::parse();
+    let filter = match log_filter(&args.loglevel) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("celeriac-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            error!("invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let registry = match test_tasks::register(tasks).build() {
+        Ok(r) => r,
+        Err(e) => {
+            error!("invalid task registry: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        Worker::new(config, registry).run(shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostname_patterns_expand_like_celery() {
+        assert_eq!(expand_hostname("w1@%h", "box.example.com"), "w1@box.example.com");
+        assert_eq!(expand_hostname("%n-%d", "box.example.com"), "box-example.com");
+        assert_eq!(expand_hostname("a%%b%x", "h"), "a%b%x");
+    }
+
+    #[test]
+    fn bad_settings_are_startup_errors() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["celeriac-worker"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).expect("flags parse").into_config()
+        };
+        assert!(parse(&["--broker", "amqp://x"]).is_err());
+        assert!(parse(&["--visibility-timeout", "0"]).is_err());
+        assert!(parse(&["--timezone", "Mars/Olympus"]).is_err());
+        assert!(parse(&["--concurrency", "0"]).is_err());
+        let ok = parse(&["-Q", "default, media", "-c", "8", "--result-expires", "0"]).expect("valid");
+        assert_eq!(ok.queues, ["default", "media"]);
+        assert_eq!(ok.prefetch_limit(), 32);
+        assert_eq!(ok.result_expires, None);
+        assert!(log_filter("verbose").is_err());
+    }
+}

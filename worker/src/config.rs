@@ -1,0 +1,72 @@
+//! The validated worker configuration: typed values with Celery's defaults. The CLI
+//! ([`crate::cli`]) turns flags and environment variables into one of these.
+
+use std::time::Duration;
+
+use celeriac_protocol::redis::{Backoff, RedisUrl};
+use chrono_tz::Tz;
+
+/// Everything a [`Worker`](crate::Worker) needs to know.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerConfig {
+    /// Broker URL.
+    pub broker: RedisUrl,
+    /// Result backend URL; `None` stores no results (Celery's disabled backend).
+    pub result_backend: Option<RedisUrl>,
+    /// Queues to consume, in priority of polling.
+    pub queues: Vec<String>,
+    /// Tasks run at the same time.
+    pub concurrency: usize,
+    /// Messages held per concurrency slot (0: no limit). Celery: 4.
+    pub prefetch_multiplier: usize,
+    /// Node name, e.g. `w1@host`.
+    pub hostname: String,
+    /// Kombu's visibility timeout. Celery: 3600 s.
+    pub visibility_timeout: Duration,
+    /// Result expiry (`None`: never). Celery: 1 day.
+    pub result_expires: Option<Duration>,
+    /// App time zone: naive ETAs are read in it and `date_done` is written in it.
+    pub timezone: Tz,
+    /// Store STARTED for every task (Celery's `task_track_started`).
+    pub track_started: bool,
+    /// How long running tasks may finish after a shutdown signal before they are stopped and
+    /// their messages handed back.
+    pub shutdown_timeout: Duration,
+    /// Redis list where undecodable messages are set aside.
+    pub dead_letter_key: String,
+    /// Pauses between reconnect attempts.
+    pub reconnect: Backoff,
+}
+
+/// Upper bound on held messages when the prefetch multiplier is 0 (unlimited in Celery).
+pub const UNLIMITED_PREFETCH: usize = 65_536;
+
+impl WorkerConfig {
+    /// A configuration with Celery's defaults for `broker`.
+    pub fn new(broker: RedisUrl) -> Self {
+        Self {
+            broker,
+            result_backend: None,
+            queues: vec!["celery".into()],
+            concurrency: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            prefetch_multiplier: 4,
+            hostname: format!("celery@{}", crate::cli::host_name()),
+            visibility_timeout: Duration::from_secs(3600),
+            result_expires: Some(Duration::from_secs(86_400)),
+            timezone: Tz::UTC,
+            track_started: false,
+            shutdown_timeout: Duration::from_secs(25),
+            dead_letter_key: "celeriac.rejected".into(),
+            reconnect: Backoff::default(),
+        }
+    }
+
+    /// How many messages the worker holds at most (ETA tasks excepted, as in Celery).
+    pub fn prefetch_limit(&self) -> usize {
+        match self.prefetch_multiplier {
+            0 => UNLIMITED_PREFETCH,
+            m => self.concurrency.saturating_mul(m).clamp(1, UNLIMITED_PREFETCH),
+        }
+    }
+}

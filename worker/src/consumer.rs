@@ -1,0 +1,102 @@
+//! The fetch loop: keeps the prefetch window full, hands each message to its own job, and
+//! survives any broker failure by reconnecting and resuming (a Python worker can stop
+//! consuming for good after a reconnect; this loop only ends on shutdown).
+
+use std::sync::Arc;
+
+use celeriac_protocol::redis::{Delivery, DeliveryState};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::inflight::Held;
+use crate::job::{self, Job};
+use crate::worker::Shared;
+
+/// Consumes until `shared.stop` fires. Cancel-safe at every await that is not a broker call;
+/// broker calls always run to completion so no popped message is dropped.
+pub(crate) async fn run(shared: Arc<Shared>, prefetch: Arc<Semaphore>, jobs: TaskTracker) {
+    let queues = shared.config.queues.clone();
+    let mut rotation = 0usize;
+    let mut failures = 0u32;
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = shared.stop.cancelled() => break,
+            permit = prefetch.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = prefetch.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        // Kombu rotates the queue order after each delivery (round robin).
+        let order: Vec<String> = (0..queues.len()).map(|i| queues[(rotation + i) % queues.len()].clone()).collect();
+
+        let fetched = match shared.broker.fetch(&order, permits.len()).await {
+            Ok(batch) if batch.is_empty() => {
+                permits.truncate(1);
+                if shared.stop.is_cancelled() {
+                    break;
+                }
+                shared.broker.wait(&order).await.map(|d| d.into_iter().collect::<Vec<_>>())
+            }
+            other => other,
+        };
+        match fetched {
+            Ok(batch) => {
+                if failures > 0 {
+                    info!("broker connection restored after {failures} failed attempts; consuming again");
+                    failures = 0;
+                }
+                rotation = rotation.wrapping_add(batch.len());
+                for (delivery, permit) in batch.into_iter().zip(permits.drain(..)) {
+                    dispatch(&shared, &jobs, delivery, permit);
+                }
+            }
+            Err(e) => {
+                drop(permits);
+                let delay = shared.config.reconnect.delay(failures);
+                failures = failures.saturating_add(1);
+                warn!(error = %e, "cannot fetch from the broker; retrying in {delay:?}");
+                tokio::select! {
+                    biased;
+                    () = shared.stop.cancelled() => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+fn dispatch(shared: &Arc<Shared>, jobs: &TaskTracker, delivery: Delivery, permit: OwnedSemaphorePermit) {
+    let Delivery { raw, queue, state } = delivery;
+    match state {
+        DeliveryState::DeadLettered => {
+            error!(
+                queue = %queue,
+                "Received a list entry that is not a Kombu message; set aside on '{}' and not executed: {}",
+                shared.config.dead_letter_key,
+                preview(&raw)
+            );
+            metrics::counter!("celeriac_messages_set_aside_total", "queue" => queue).increment(1);
+        }
+        DeliveryState::Tracked(tag) => {
+            let raw: Arc<str> = raw.into();
+            let queue: Arc<str> = queue.into();
+            shared.inflight.insert(tag.clone(), Held { raw: raw.clone(), queue: queue.clone() });
+            let job = Job { tag, raw, queue, prefetch: Some(permit) };
+            jobs.spawn(job::process(shared.clone(), job));
+        }
+    }
+}
+
+fn preview(raw: &str) -> String {
+    let mut end = raw.len().min(200);
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}{}", &raw[..end], if end < raw.len() { "…" } else { "" })
+}

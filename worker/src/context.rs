@@ -1,0 +1,90 @@
+//! What a handler knows about the message it runs for: Celery's `self.request`.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::task_error::Retry;
+
+/// Where the message came from (`request.delivery_info`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeliveryInfo {
+    /// Exchange it was published to (`""` for Celery's direct sends).
+    pub exchange: String,
+    /// Routing key (the queue name for direct sends).
+    pub routing_key: String,
+    /// Message priority.
+    pub priority: u8,
+    /// Whether Kombu restored it after a lost ack.
+    pub redelivered: bool,
+}
+
+/// The request a handler runs for (Celery's `Task.request`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Request {
+    /// Task id.
+    pub id: String,
+    /// Task name.
+    pub task: String,
+    /// How many times this task was retried before this run.
+    pub retries: u32,
+    /// First task of the workflow.
+    pub root_id: Option<String>,
+    /// Task that sent this one.
+    pub parent_id: Option<String>,
+    /// Group id.
+    pub group: Option<String>,
+    /// Position within the group.
+    pub group_index: Option<i64>,
+    /// This worker's node name (`--hostname`).
+    pub hostname: String,
+    /// Where the message came from.
+    pub delivery_info: DeliveryInfo,
+    /// ETA as sent.
+    pub eta: Option<String>,
+    /// Expiry as sent.
+    pub expires: Option<String>,
+    /// `gen<pid>@<host>` of the sender.
+    pub origin: Option<String>,
+    /// The client's oid.
+    pub reply_to: Option<String>,
+    /// Positional arguments as sent.
+    pub args: Vec<Value>,
+    /// Keyword arguments as sent.
+    pub kwargs: Map<String, Value>,
+    /// Custom headers sent with the task.
+    pub headers: Map<String, Value>,
+}
+
+/// Handed to every handler call.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    request: Arc<Request>,
+}
+
+impl TaskContext {
+    pub(crate) fn new(request: Arc<Request>) -> Self {
+        Self { request }
+    }
+
+    /// The request.
+    pub fn request(&self) -> &Request {
+        &self.request
+    }
+
+    /// The task id.
+    pub fn id(&self) -> &str {
+        &self.request.id
+    }
+
+    /// How many times this task was retried before this run.
+    pub fn retries(&self) -> u32 {
+        self.request.retries
+    }
+
+    /// Starts a retry request: `return Err(ctx.retry().countdown(d).into())`.
+    pub fn retry(&self) -> Retry {
+        Retry::default()
+    }
+}

@@ -1,0 +1,412 @@
+//! The life of one message after it is fetched: decode, route to its handler, wait for its ETA,
+//! run it within its limits, and settle the outcome the way Celery does.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use celeriac_protocol::message::{py_repr, py_tuple_repr};
+use celeriac_protocol::redis::StoreRequest;
+use celeriac_protocol::result::{PyException, ResultRecord, State, result_tuple};
+use celeriac_protocol::time::{Timestamp, isoformat};
+use celeriac_protocol::{Envelope, Protocol, TaskMessage};
+use chrono::{DateTime, Utc};
+use futures::FutureExt as _;
+use serde_json::{Value, json};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{debug, error, info, warn};
+
+use crate::context::{DeliveryInfo, Request, TaskContext};
+use crate::registry::RegisteredTask;
+use crate::retry::until_ok;
+use crate::settle::Settlement;
+use crate::task_error::{PyError, Retry, TaskError};
+use crate::worker::Shared;
+
+/// A fetched, tracked message.
+pub(crate) struct Job {
+    pub tag: String,
+    pub raw: Arc<str>,
+    pub queue: Arc<str>,
+    pub prefetch: Option<OwnedSemaphorePermit>,
+}
+
+/// Processes one message to its end (settled, set aside, or handed back on shutdown).
+pub(crate) async fn process(shared: Arc<Shared>, mut job: Job) {
+    let msg = match Envelope::from_json(&job.raw).and_then(|env| TaskMessage::from_envelope(&env)) {
+        Ok(msg) => msg,
+        Err(e) => {
+            set_aside(&shared, &job, &e.to_string()).await;
+            return;
+        }
+    };
+    let name = msg.display_name().to_owned();
+    let id = msg.headers.id.clone();
+    info!("Task {name}[{id}] received");
+    metrics::counter!("celeriac_messages_received_total", "queue" => job.queue.to_string()).increment(1);
+
+    let Some(task) = shared.registry.get(&msg.headers.task).cloned() else {
+        error!(
+            "Received unregistered task of type '{}' (id {id}, queue {}): stored NotRegistered and discarded",
+            msg.headers.task, job.queue
+        );
+        let exc = PyException::celery("NotRegistered", msg.headers.task.clone());
+        let store = record(&shared, &msg, None, State::Failure, exc.to_value(), None, Vec::new());
+        count(&msg.headers.task, "not_registered");
+        settle(&shared, &mut job, store);
+        return;
+    };
+
+    if expired(&shared, &msg) {
+        discard_expired(&shared, &mut job, &msg, &task, &name);
+        return;
+    }
+    if let Some(eta) = eta(&shared, &msg) {
+        let wait = (eta - Utc::now()).to_std().unwrap_or_default();
+        if !wait.is_zero() {
+            // Like Celery, a message waiting for its ETA does not use up the prefetch window.
+            job.prefetch = None;
+            debug!("Task {name}[{id}] waits {wait:?} for its ETA");
+            tokio::select! {
+                biased;
+                () = shared.stop.cancelled() => {
+                    hand_back(&shared, &job).await;
+                    return;
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+            if expired(&shared, &msg) {
+                discard_expired(&shared, &mut job, &msg, &task, &name);
+                return;
+            }
+        }
+    }
+
+    let slot = tokio::select! {
+        biased;
+        () = shared.stop.cancelled() => {
+            hand_back(&shared, &job).await;
+            return;
+        }
+        slot = shared.concurrency.clone().acquire_owned() => slot,
+    };
+    let Ok(_slot) = slot else { return }; // the semaphore is never closed
+
+    let request = Arc::new(request_of(&shared, &msg, &job));
+    let ignore = ignores_result(&msg, &task);
+    if (shared.config.track_started || task.options().track_started) && !ignore {
+        let started = json!({"pid": std::process::id(), "hostname": shared.config.hostname});
+        if let Some(store) = record(&shared, &msg, Some(&task), State::Started, started, None, Vec::new()) {
+            if let Some(backend) = &shared.backend {
+                let batch = [store];
+                let _ = until_ok("storing STARTED", shared.config.reconnect, &shared.abort, || backend.store(&batch)).await;
+            }
+        }
+    }
+
+    let started_at = Instant::now();
+    let outcome = tokio::select! {
+        biased;
+        () = shared.abort.cancelled() => {
+            warn!("Task {name}[{id}] stopped by shutdown; its message goes back to the queue");
+            return; // still in flight: the shutdown hands it back
+        }
+        r = execute(&msg, &task, request) => r,
+    };
+    let runtime = started_at.elapsed();
+    drop(_slot);
+
+    match outcome {
+        Ok(value) => {
+            info!("Task {name}[{id}] succeeded in {:.6}s: {value}", runtime.as_secs_f64());
+            count(task.name(), "success");
+            let store = record(&shared, &msg, Some(&task), State::Success, value, None, Vec::new());
+            settle(&shared, &mut job, store);
+        }
+        Err(TaskError::Failed(e)) => fail(&shared, &mut job, &msg, &task, &name, e, runtime),
+        Err(TaskError::Retry(r)) => retry(&shared, &mut job, &msg, &task, &name, r, runtime).await,
+    }
+}
+
+async fn execute(msg: &TaskMessage, task: &Arc<RegisteredTask>, request: Arc<Request>) -> Result<Value, TaskError> {
+    let call = task.call(TaskContext::new(request), msg.args.clone(), msg.kwargs.clone());
+    let guarded = AssertUnwindSafe(call).catch_unwind();
+    let limit = msg.headers.timelimit[0].map(Duration::from_secs_f64).or(task.options().time_limit);
+    let result = match limit {
+        Some(limit) => match tokio::time::timeout(limit, guarded).await {
+            Ok(r) => r,
+            Err(_) => {
+                // Celery's hard limit: billiard's TimeLimitExceeded with the limit in seconds.
+                let secs = limit.as_secs_f64();
+                let arg = if secs.fract() == 0.0 { json!(secs as u64) } else { json!(secs) };
+                let exc = PyException::new("billiard.exceptions", "TimeLimitExceeded", vec![arg]);
+                error!("Hard time limit ({secs}s) exceeded for {}[{}]", msg.headers.task, msg.headers.id);
+                return Err(TaskError::Failed(PyError { exception: exc, traceback: None }));
+            }
+        },
+        None => guarded.await,
+    };
+    result.unwrap_or_else(|panic| {
+        let text = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(TaskError::Failed(PyError::runtime_error(format!("handler panicked: {text}"))))
+    })
+}
+
+fn fail(
+    shared: &Shared,
+    job: &mut Job,
+    msg: &TaskMessage,
+    task: &Arc<RegisteredTask>,
+    name: &str,
+    e: PyError,
+    runtime: Duration,
+) {
+    error!("Task {name}[{}] raised unexpected: {e} (after {:.6}s)", msg.headers.id, runtime.as_secs_f64());
+    count(task.name(), "failure");
+    let traceback = e.traceback.clone().or_else(|| {
+        (e.exception.exc_module != "billiard.exceptions").then(|| traceback_text(shared, msg, &e.exception))
+    });
+    let store = record(shared, msg, Some(task), State::Failure, e.exception.to_value(), traceback, Vec::new());
+    settle(shared, job, store);
+}
+
+async fn retry(
+    shared: &Shared,
+    job: &mut Job,
+    msg: &TaskMessage,
+    task: &Arc<RegisteredTask>,
+    name: &str,
+    r: Retry,
+    runtime: Duration,
+) {
+    let id = &msg.headers.id;
+    let max = r.max_retries.unwrap_or(task.options().max_retries);
+    if max.is_some_and(|max| msg.headers.retries >= max) {
+        let exc = r.exc.unwrap_or_else(|| {
+            PyError::celery(
+                "MaxRetriesExceededError",
+                format!(
+                    "Can't retry {}[{id}] args:{} kwargs:{}",
+                    msg.headers.task,
+                    py_tuple_repr(&msg.args),
+                    py_repr(&Value::Object(msg.kwargs.clone()))
+                ),
+            )
+        });
+        fail(shared, job, msg, task, name, exc, runtime);
+        return;
+    }
+    let now = Utc::now();
+    let eta = r.eta.unwrap_or_else(|| {
+        let delay = r.countdown.unwrap_or(task.options().default_retry_delay);
+        now + chrono::Duration::from_std(delay).unwrap_or_default()
+    });
+    let when = r.countdown.map_or_else(|| isoformat(eta, shared.config.timezone), |d| format!("{}s", seconds_text(d)));
+    let next = retry_message(shared, msg, &job.queue, eta, now);
+    let envelope = match next.to_envelope(&uuid::Uuid::new_v4().to_string()) {
+        Ok(env) => env,
+        Err(e) => {
+            fail(shared, job, msg, task, name, PyError::new("kombu.exceptions", "EncodeError", e.to_string()), runtime);
+            return;
+        }
+    };
+    let published = until_ok("publishing a retry", shared.config.reconnect, &shared.abort, || {
+        shared.broker.publish(&job.queue, &envelope)
+    })
+    .await;
+    if published.is_none() {
+        return; // shutting down: the original message is handed back instead
+    }
+    info!("Task {name}[{id}] retry: Retry in {when}");
+    count(task.name(), "retry");
+    let traceback = format!(
+        "Traceback (most recent call last):\n  Rust handler of {}[{id}] on {}\ncelery.exceptions.Retry: Retry in {when}\n",
+        msg.headers.task, shared.config.hostname
+    );
+    let result = r.exc.map_or(Value::Null, |e| e.exception.to_value());
+    let store = record(shared, msg, Some(task), State::Retry, result, Some(traceback), vec![result_tuple(id)]);
+    settle(shared, job, store);
+}
+
+/// The message Celery's `Task.retry` publishes: same id, args and options, `retries + 1`,
+/// an aware `eta`, and the original origin (also as a property).
+fn retry_message(shared: &Shared, msg: &TaskMessage, queue: &str, eta: DateTime<Utc>, now: DateTime<Utc>) -> TaskMessage {
+    let tz = shared.config.timezone;
+    let mut next = msg.clone();
+    next.protocol = Protocol::V2;
+    let h = &mut next.headers;
+    h.retries = h.retries.saturating_add(1);
+    h.eta = Some(isoformat(eta, tz));
+    h.ignore_result = Some(h.ignore_result.unwrap_or(false));
+    if h.root_id.is_none() {
+        h.root_id = Some(h.id.clone());
+    }
+    if h.parent_id.is_none() {
+        h.parent_id = Some(h.id.clone());
+    }
+    h.argsrepr = Some(py_tuple_repr(&msg.args));
+    h.kwargsrepr = Some(py_repr(&Value::Object(msg.kwargs.clone())));
+    let origin = h.origin.clone();
+    if h.origin.is_none() {
+        h.origin = Some(shared.origin.clone());
+    }
+    h.extra.remove("redelivered");
+    let p = &mut next.properties;
+    p.delivery_tag = None;
+    p.redelivered = false;
+    p.exchange = String::new();
+    if p.routing_key.is_empty() {
+        p.routing_key = queue.to_owned();
+    }
+    p.extra.insert("origin".into(), origin.map_or(Value::Null, Value::String));
+    p.expiration = msg.headers.expires.as_deref().and_then(|e| Timestamp::parse(e).ok()).map(|exp| {
+        let ms = (exp.to_utc(tz) - now).num_milliseconds().max(0);
+        ms.to_string()
+    });
+    next
+}
+
+fn discard_expired(shared: &Shared, job: &mut Job, msg: &TaskMessage, task: &Arc<RegisteredTask>, name: &str) {
+    info!("Discarding revoked task: {name}[{}] (expired)", msg.headers.id);
+    count(task.name(), "expired");
+    let exc = PyException::celery("TaskRevokedError", "expired");
+    let store = record(shared, msg, Some(task), State::Revoked, exc.to_value(), None, Vec::new());
+    settle(shared, job, store);
+}
+
+fn expired(shared: &Shared, msg: &TaskMessage) -> bool {
+    msg.headers
+        .expires
+        .as_deref()
+        .and_then(|e| Timestamp::parse(e).ok())
+        .is_some_and(|exp| exp.to_utc(shared.config.timezone) < Utc::now())
+}
+
+fn eta(shared: &Shared, msg: &TaskMessage) -> Option<DateTime<Utc>> {
+    msg.headers.eta.as_deref().and_then(|e| Timestamp::parse(e).ok()).map(|t| t.to_utc(shared.config.timezone))
+}
+
+fn ignores_result(msg: &TaskMessage, task: &RegisteredTask) -> bool {
+    msg.headers.ignore_result.unwrap_or(task.options().ignore_result)
+}
+
+/// The record to store, or `None` when results are off for this message.
+fn record(
+    shared: &Shared,
+    msg: &TaskMessage,
+    task: Option<&Arc<RegisteredTask>>,
+    status: State,
+    result: Value,
+    traceback: Option<String>,
+    children: Vec<Value>,
+) -> Option<StoreRequest> {
+    shared.backend.as_ref()?;
+    let ignore = match task {
+        Some(t) => ignores_result(msg, t),
+        None => msg.headers.ignore_result.unwrap_or(false),
+    };
+    if ignore {
+        return None;
+    }
+    let mut rec = ResultRecord::new(&msg.headers.id, status, result, Utc::now(), shared.config.timezone);
+    rec.traceback = traceback;
+    rec.children = children;
+    rec.group_id = msg.headers.group.clone();
+    rec.parent_id = msg.headers.parent_id.clone();
+    Some(StoreRequest { task_id: msg.headers.id.clone(), record: rec.to_json(), ttl: shared.config.result_expires })
+}
+
+fn settle(shared: &Shared, job: &mut Job, store: Option<StoreRequest>) {
+    shared.settler.send(Settlement { store, tag: job.tag.clone(), permit: job.prefetch.take() });
+}
+
+fn request_of(shared: &Shared, msg: &TaskMessage, job: &Job) -> Request {
+    let h = &msg.headers;
+    Request {
+        id: h.id.clone(),
+        task: h.task.clone(),
+        retries: h.retries,
+        root_id: h.root_id.clone(),
+        parent_id: h.parent_id.clone(),
+        group: h.group.clone(),
+        group_index: h.group_index,
+        hostname: shared.config.hostname.clone(),
+        delivery_info: DeliveryInfo {
+            exchange: msg.properties.exchange.clone(),
+            routing_key: if msg.properties.routing_key.is_empty() {
+                job.queue.to_string()
+            } else {
+                msg.properties.routing_key.clone()
+            },
+            priority: msg.properties.priority,
+            redelivered: msg.properties.redelivered || h.extra.get("redelivered").and_then(Value::as_bool).unwrap_or(false),
+        },
+        eta: h.eta.clone(),
+        expires: h.expires.clone(),
+        origin: h.origin.clone(),
+        reply_to: msg.properties.reply_to.clone(),
+        args: msg.args.clone(),
+        kwargs: msg.kwargs.clone(),
+        headers: h.extra.clone(),
+    }
+}
+
+fn traceback_text(shared: &Shared, msg: &TaskMessage, exc: &PyException) -> String {
+    let module = if exc.exc_module == "builtins" { String::new() } else { format!("{}.", exc.exc_module) };
+    format!(
+        "Traceback (most recent call last):\n  Rust handler of {}[{}] on {}\n{module}{}\n",
+        msg.headers.task,
+        msg.headers.id,
+        shared.config.hostname,
+        exc.summary()
+    )
+}
+
+fn seconds_text(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 { format!("{}", s as u64) } else { format!("{s}") }
+}
+
+fn count(task: &str, outcome: &'static str) {
+    metrics::counter!("celeriac_tasks_total", "task" => task.to_owned(), "outcome" => outcome).increment(1);
+}
+
+/// Sets an undecodable message aside on the dead-letter list; it is never executed.
+async fn set_aside(shared: &Shared, job: &Job, reason: &str) {
+    error!(
+        queue = %job.queue,
+        tag = %job.tag,
+        "Received an invalid message, set aside on the list '{}' and not executed: {reason}",
+        shared.config.dead_letter_key
+    );
+    metrics::counter!("celeriac_messages_set_aside_total", "queue" => job.queue.to_string()).increment(1);
+    let done = until_ok("setting a message aside", shared.config.reconnect, &shared.abort, || {
+        shared.broker.dead_letter(Some(&job.tag), &job.raw, &job.queue, reason)
+    })
+    .await;
+    if done.is_some() {
+        shared.inflight.remove(&job.tag);
+    }
+}
+
+/// Puts a message we will not run back at the front of its queue (shutdown), retrying until
+/// `give_up` fires.
+pub(crate) async fn hand_back_until(shared: &Shared, job: &Job, give_up: &tokio_util::sync::CancellationToken) -> bool {
+    let moved = until_ok("handing a message back", shared.config.reconnect, give_up, || {
+        shared.broker.requeue(&job.tag, &job.raw, &job.queue, false)
+    })
+    .await;
+    if moved.is_some() {
+        shared.inflight.remove(&job.tag);
+        debug!(tag = %job.tag, queue = %job.queue, "handed back");
+    }
+    moved.is_some()
+}
+
+async fn hand_back(shared: &Shared, job: &Job) {
+    hand_back_until(shared, job, &shared.abort).await;
+}

@@ -1,0 +1,41 @@
+//! A Celery-compatible worker: consumes Celery messages from Redis in Kombu's layout, runs
+//! registered Rust handlers, and stores results in Celery's format, so a Python Celery worker
+//! and this one are interchangeable on the same queues.
+//!
+//! ```no_run
+//! use celeriac_worker::{Registry, TaskContext, TaskError};
+//! use serde::Deserialize;
+//!
+//! #[derive(Deserialize)]
+//! struct Resize { image_id: u64, width: u32 }
+//!
+//! async fn resize(_ctx: TaskContext, args: Resize) -> Result<String, TaskError> {
+//!     Ok(format!("resized {} to {}", args.image_id, args.width))
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     celeriac_worker::cli::main(Registry::builder().task("media.resize", resize))
+//! }
+//! ```
+
+pub mod args;
+pub mod cli;
+pub mod config;
+mod consumer;
+pub mod context;
+mod inflight;
+mod job;
+mod maintenance;
+pub mod registry;
+mod retry;
+mod settle;
+pub mod task_error;
+pub mod test_tasks;
+mod worker;
+
+pub use args::RawArgs;
+pub use config::WorkerConfig;
+pub use context::{DeliveryInfo, Request, TaskContext};
+pub use registry::{Registry, RegistryBuilder, TaskOptions};
+pub use task_error::{PyError, Retry, TaskError};
+pub use worker::{Worker, WorkerError};

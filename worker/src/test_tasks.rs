@@ -1,0 +1,131 @@
+//! `celeriac.test.*`: tasks shipped in the binary so users can check a deployment end to end
+//! from Python (`app.send_task("celeriac.test.add", args=[2, 3]).get()`).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Number, Value, json};
+
+use crate::args::RawArgs;
+use crate::context::TaskContext;
+use crate::registry::{RegistryBuilder, TaskOptions};
+use crate::task_error::{PyError, TaskError};
+
+/// Adds the `celeriac.test.*` tasks to a registry.
+pub fn register(builder: RegistryBuilder) -> RegistryBuilder {
+    builder
+        .task("celeriac.test.add", add)
+        .task("celeriac.test.mul", mul)
+        .task("celeriac.test.xsum", xsum)
+        .task("celeriac.test.echo", echo)
+        .task("celeriac.test.sleep", sleep)
+        .task("celeriac.test.fail", fail)
+        .task_with("celeriac.test.retry", TaskOptions::default().max_retries(None), retry)
+        .task("celeriac.test.request", request)
+}
+
+#[derive(Debug, Deserialize)]
+struct Pair {
+    x: Number,
+    y: Number,
+}
+
+/// Python-like arithmetic on JSON numbers: integers stay integers unless they overflow.
+fn arith(x: &Number, y: &Number, op: &str) -> Result<Number, TaskError> {
+    let (int, float): (fn(i64, i64) -> Option<i64>, fn(f64, f64) -> f64) = match op {
+        "+" => (i64::checked_add, |a, b| a + b),
+        _ => (i64::checked_mul, |a, b| a * b),
+    };
+    if let (Some(a), Some(b)) = (x.as_i64(), y.as_i64()) {
+        return int(a, b).map(Number::from).ok_or_else(|| {
+            PyError::builtin("OverflowError", format!("{a} {op} {b} does not fit in 64 bits")).into()
+        });
+    }
+    let (a, b) = (x.as_f64().unwrap_or(f64::NAN), y.as_f64().unwrap_or(f64::NAN));
+    Number::from_f64(float(a, b))
+        .ok_or_else(|| PyError::builtin("OverflowError", format!("{a} {op} {b} is not finite")).into())
+}
+
+async fn add(_ctx: TaskContext, Pair { x, y }: Pair) -> Result<Number, TaskError> {
+    arith(&x, &y, "+")
+}
+
+async fn mul(_ctx: TaskContext, Pair { x, y }: Pair) -> Result<Number, TaskError> {
+    arith(&x, &y, "*")
+}
+
+#[derive(Debug, Deserialize)]
+struct XSum {
+    numbers: Vec<Number>,
+}
+
+async fn xsum(_ctx: TaskContext, XSum { numbers }: XSum) -> Result<Number, TaskError> {
+    numbers.iter().try_fold(Number::from(0), |acc, n| arith(&acc, n, "+"))
+}
+
+async fn echo(_ctx: TaskContext, raw: RawArgs) -> Result<Value, TaskError> {
+    Ok(json!({"args": raw.args, "kwargs": raw.kwargs}))
+}
+
+#[derive(Debug, Deserialize)]
+struct Sleep {
+    seconds: Number,
+}
+
+async fn sleep(_ctx: TaskContext, Sleep { seconds }: Sleep) -> Result<Number, TaskError> {
+    let secs = seconds.as_f64().unwrap_or(0.0);
+    if !(0.0..=86_400.0).contains(&secs) {
+        return Err(PyError::value_error(format!("cannot sleep {secs} seconds")).into());
+    }
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    Ok(seconds)
+}
+
+#[derive(Debug, Deserialize)]
+struct Fail {
+    message: Value,
+}
+
+async fn fail(_ctx: TaskContext, Fail { message }: Fail) -> Result<(), TaskError> {
+    let text = match message {
+        Value::String(s) => s,
+        other => other.to_string(),
+    };
+    Err(PyError::value_error(text).into())
+}
+
+#[derive(Debug, Deserialize)]
+struct RetryArgs {
+    times: u32,
+    #[serde(default)]
+    countdown: Option<f64>,
+    #[serde(default)]
+    max_retries: Option<u32>,
+}
+
+async fn retry(ctx: TaskContext, a: RetryArgs) -> Result<u32, TaskError> {
+    if ctx.retries() >= a.times {
+        return Ok(ctx.retries());
+    }
+    let countdown = Duration::from_secs_f64(a.countdown.unwrap_or(0.1).clamp(0.0, 86_400.0));
+    let mut r = ctx.retry().countdown(countdown);
+    if a.max_retries.is_some() {
+        r = r.max_retries(a.max_retries);
+    }
+    Err(r.into())
+}
+
+async fn request(ctx: TaskContext, _none: ()) -> Result<Value, TaskError> {
+    let r = ctx.request();
+    Ok(json!({
+        "id": r.id,
+        "retries": r.retries,
+        "root_id": r.root_id,
+        "parent_id": r.parent_id,
+        "group": r.group,
+        "hostname": r.hostname,
+        "delivery_info": r.delivery_info,
+        "eta": r.eta,
+        "expires": r.expires,
+    }))
+}

@@ -1,0 +1,219 @@
+//! The worker: connects, consumes, runs, and shuts down in phases.
+//!
+//! Shutdown is an input (a `CancellationToken`); the binary maps signals to it. When it fires:
+//! 1. the consumer stops fetching;
+//! 2. every message not yet started (prefetched, or waiting for its ETA) goes back to its queue
+//!    at once, flagged `redelivered`, where the next worker takes it first;
+//! 3. running tasks get `shutdown_timeout` to finish; their results are stored and acked;
+//! 4. tasks still running then are stopped and their messages handed back too, instead of
+//!    waiting out the visibility timeout as a killed Python worker's messages do.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac_protocol::redis::{BrokerOptions, RedisBackend, RedisBroker, RedisClientError};
+use thiserror::Error;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::WorkerConfig;
+use crate::inflight::InFlight;
+use crate::job::{self, Job};
+use crate::registry::Registry;
+use crate::settle::{self, Settler};
+use crate::{consumer, maintenance};
+
+/// How long stores and acks may take to flush once tasks are done.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the worker could not run.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// Shutdown was requested before the broker could be reached.
+    #[error("shut down before the broker at {url} could be reached: {source}")]
+    NeverConnected {
+        /// The broker URL (password hidden).
+        url: String,
+        /// The last connection error.
+        #[source]
+        source: RedisClientError,
+    },
+}
+
+/// State shared by the consumer, the jobs and the upkeep tasks.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: WorkerConfig,
+    pub registry: Registry,
+    pub broker: RedisBroker,
+    pub backend: Option<RedisBackend>,
+    pub inflight: Arc<InFlight>,
+    pub concurrency: Arc<Semaphore>,
+    pub settler: Settler,
+    /// Graceful shutdown requested: stop fetching, hand back what has not started.
+    pub stop: CancellationToken,
+    /// The grace period is over: stop running tasks.
+    pub abort: CancellationToken,
+    /// `gen<pid>@<host>`, Celery's origin for messages this process publishes.
+    pub origin: String,
+}
+
+/// A Celery-compatible worker.
+#[derive(Debug)]
+pub struct Worker {
+    config: WorkerConfig,
+    registry: Registry,
+}
+
+impl Worker {
+    /// A worker running `registry`'s tasks with `config`.
+    pub fn new(config: WorkerConfig, registry: Registry) -> Self {
+        Self { config, registry }
+    }
+
+    /// Runs until `shutdown` fires and the shutdown phases are done.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let Self { config, registry } = self;
+        let (broker, backend) = match connect(&config, &shutdown).await {
+            Ok(Some(pair)) => pair,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let declared = crate::retry::until_ok("declaring queues", config.reconnect, &shutdown, || {
+            broker.declare_queues(&config.queues)
+        })
+        .await;
+        if declared.is_none() {
+            return Ok(());
+        }
+        match broker.restore_timed_out().await {
+            Ok(0) => {}
+            Ok(n) => info!("restored {n} messages left unacked past the visibility timeout"),
+            Err(e) => warn!(error = %e, "could not restore timed-out messages at startup"),
+        }
+
+        let inflight = Arc::new(InFlight::default());
+        let abort = CancellationToken::new();
+        let closing = CancellationToken::new();
+        let give_up = CancellationToken::new();
+        let (settler, pipeline) = settle::start(
+            backend.clone(),
+            broker.clone(),
+            inflight.clone(),
+            config.reconnect,
+            closing.clone(),
+            give_up.clone(),
+        );
+        let shared = Arc::new(Shared {
+            concurrency: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            origin: format!("gen{}@{}", std::process::id(), crate::cli::host_name()),
+            config,
+            registry,
+            broker,
+            backend,
+            inflight,
+            settler,
+            stop: shutdown.clone(),
+            abort: abort.clone(),
+        });
+        let upkeep_stop = CancellationToken::new();
+        let upkeep = tokio::spawn(maintenance::run(shared.clone(), upkeep_stop.clone()));
+        let prefetch = Arc::new(Semaphore::new(shared.config.prefetch_limit()));
+        let jobs = TaskTracker::new();
+
+        info!(
+            "{} ready: consuming {} from {}, results {}, {} tasks registered, concurrency {}, prefetch {}",
+            shared.config.hostname,
+            shared.config.queues.join(", "),
+            shared.broker.url(),
+            shared.backend.as_ref().map_or_else(|| "disabled".to_owned(), |b| format!("in {}", b.url())),
+            shared.registry.names().len(),
+            shared.config.concurrency,
+            shared.config.prefetch_limit(),
+        );
+
+        consumer::run(shared.clone(), prefetch, jobs.clone()).await;
+
+        // Phase 2 happens inside each job (they watch `stop`); phase 3: the grace period.
+        jobs.close();
+        let running = shared.inflight.len();
+        info!(
+            "shutting down: unstarted messages go back to their queues; waiting up to {:?} for running tasks ({running} messages held)",
+            shared.config.shutdown_timeout
+        );
+        if tokio::time::timeout(shared.config.shutdown_timeout, jobs.wait()).await.is_err() {
+            warn!("shutdown timeout reached: stopping the tasks still running and handing their messages back");
+            abort.cancel();
+            jobs.wait().await;
+        }
+        closing.cancel();
+        if tokio::time::timeout(FLUSH_TIMEOUT, pipeline.finish()).await.is_err() {
+            warn!("results and acks could not be flushed in {FLUSH_TIMEOUT:?}; unacked messages will be restored by the visibility timeout");
+            give_up.cancel();
+        }
+        // Phase 4: whatever is still held (stopped tasks) goes back now.
+        let leftovers = shared.inflight.drain();
+        if !leftovers.is_empty() {
+            info!("handing {} messages back to their queues", leftovers.len());
+        }
+        let hand_back_deadline = CancellationToken::new();
+        let giving_up = hand_back_deadline.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(FLUSH_TIMEOUT).await;
+            giving_up.cancel();
+        });
+        for (tag, held) in leftovers {
+            let job = Job { tag, raw: held.raw, queue: held.queue, prefetch: None };
+            if !job::hand_back_until(&shared, &job, &hand_back_deadline).await {
+                warn!(tag = %job.tag, "could not hand a message back; the visibility timeout will restore it");
+            }
+        }
+        timer.abort();
+        upkeep_stop.cancel();
+        let _ = upkeep.await;
+        info!("{} stopped", shared.config.hostname);
+        Ok(())
+    }
+}
+
+async fn connect(
+    config: &WorkerConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<(RedisBroker, Option<RedisBackend>)>, WorkerError> {
+    let opts = BrokerOptions {
+        visibility_timeout: config.visibility_timeout,
+        dead_letter_key: config.dead_letter_key.clone(),
+        worker_name: config.hostname.clone(),
+        ..BrokerOptions::default()
+    };
+    let mut attempt = 0u32;
+    loop {
+        let result = async {
+            let broker = RedisBroker::connect(&config.broker, opts.clone()).await?;
+            let backend = match &config.result_backend {
+                Some(url) => Some(RedisBackend::connect(url, opts.response_timeout).await?),
+                None => None,
+            };
+            Ok::<_, RedisClientError>((broker, backend))
+        }
+        .await;
+        match result {
+            Ok(pair) => return Ok(Some(pair)),
+            Err(e) => {
+                let delay = config.reconnect.delay(attempt);
+                attempt = attempt.saturating_add(1);
+                warn!(error = %e, broker = %config.broker, "cannot connect; retrying in {delay:?}");
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => {
+                        return Err(WorkerError::NeverConnected { url: config.broker.redacted(), source: e });
+                    }
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
