@@ -23,7 +23,12 @@ use crate::worker::Worker;
 
 /// Flags and environment variables, as given.
 #[derive(Debug, Parser)]
-#[command(name = "celeriac-worker", version, about = "A Celery-compatible worker that runs Rust task handlers.")]
+#[command(
+    name = "celeriac-worker",
+    version,
+    about = "A Celery-compatible worker that runs Rust task handlers.",
+    args_override_self = true
+)]
 pub struct Args {
     /// Broker URL: redis://[:password@]host[:port][/db] or rediss://…
     #[arg(short = 'b', long, env = "CELERY_BROKER_URL", default_value = "redis://127.0.0.1:6379/0", hide_env_values = true)]

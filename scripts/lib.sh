@@ -1,0 +1,74 @@
+# shellcheck shell=bash
+# Shared set-up for the scripts in this folder: everything a fresh Debian machine lacks is
+# installed or started here, and what already runs is left alone.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${CELERIAC_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/celeriac}"
+VENV="${CELERIAC_VENV:-$CACHE/venv}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "need root to run: $*" >&2; return 1; fi
+}
+
+apt_install() {
+  command -v apt-get >/dev/null || { echo "missing $*, and no apt-get to install it" >&2; return 1; }
+  say "installing $* from Debian's packages"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_rust() {
+  if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH="$HOME/.cargo/bin:$PATH"; fi
+  if ! command -v cargo >/dev/null; then
+    command -v curl >/dev/null || apt_install curl ca-certificates
+    command -v cc >/dev/null || apt_install build-essential
+    say "installing Rust with rustup"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+}
+
+ensure_redis_installed() {
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null || apt_install redis-server
+}
+
+# Starts a Redis on 127.0.0.1:$1 unless one answers there already.
+ensure_redis_running() {
+  local port="${1:-6379}"
+  ensure_redis_installed
+  if redis-cli -p "$port" ping >/dev/null 2>&1; then return 0; fi
+  say "starting redis-server on 127.0.0.1:$port"
+  mkdir -p "$CACHE/redis-$port"
+  redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --dir "$CACHE/redis-$port" \
+    --logfile "$CACHE/redis-$port/redis.log" --save "" --appendonly no
+  for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "redis-server did not start; see $CACHE/redis-$port/redis.log" >&2
+  return 1
+}
+
+# A virtualenv with the pinned Celery of tests/requirements.txt, rebuilt when that file changes.
+ensure_venv() {
+  local req="$ROOT/tests/requirements.txt" stamp="$VENV/.requirements.sha256"
+  local want; want="$(sha256sum "$req" | cut -d' ' -f1)"
+  if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return 0; fi
+  command -v python3 >/dev/null || apt_install python3
+  python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null || apt_install python3-venv
+  say "creating the Python venv at $VENV"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$req"
+  echo "$want" >"$stamp"
+}
+
+build_binaries() {
+  ensure_rust
+  command -v cc >/dev/null || apt_install build-essential
+  say "building (cargo build ${*:-}) into $CARGO_TARGET_DIR"
+  (cd "$ROOT" && cargo build --locked --workspace --bins "$@")
+}
