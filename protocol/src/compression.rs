@@ -2,10 +2,12 @@
 //!
 //! Kombu registers zlib under the MIME type `application/x-gzip` (aliases `zlib` and `gzip`):
 //! the body is a zlib stream even though the name says gzip. We also accept real gzip framing
-//! under that name, since other producers write it, and bzip2 (`application/x-bz2`).
+//! under that name, since other producers write it, bzip2 (`application/x-bz2`) and lzma
+//! (`application/x-lzma`, an `.xz` container as Python's `lzma.compress` writes): the schemes
+//! Kombu 5.7 supports without extra packages.
 //! Decompression stops at [`MAX_DECOMPRESSED`] so a small hostile body cannot exhaust memory.
 
-use std::io::{Read, Write};
+use std::io::Write;
 
 use crate::error::{DecodeError, EncodeError};
 
@@ -19,6 +21,8 @@ pub enum Compression {
     Zlib,
     /// Kombu's `bzip2` (header `application/x-bz2`).
     Bzip2,
+    /// Kombu's `lzma`/`xz` (header `application/x-lzma`).
+    Xz,
 }
 
 impl Compression {
@@ -27,6 +31,7 @@ impl Compression {
         match value.trim().to_ascii_lowercase().as_str() {
             "application/x-gzip" | "application/gzip" | "gzip" | "zlib" => Ok(Self::Zlib),
             "application/x-bz2" | "bzip2" | "bzip" => Ok(Self::Bzip2),
+            "application/x-lzma" | "lzma" | "xz" => Ok(Self::Xz),
             _ => Err(DecodeError::Compression(value.to_owned())),
         }
     }
@@ -36,6 +41,7 @@ impl Compression {
         match self {
             Self::Zlib => "application/x-gzip",
             Self::Bzip2 => "application/x-bz2",
+            Self::Xz => "application/x-lzma",
         }
     }
 
@@ -43,33 +49,25 @@ impl Compression {
         match self {
             Self::Zlib => "zlib",
             Self::Bzip2 => "bzip2",
+            Self::Xz => "lzma",
         }
     }
 
     /// Inflates a body, accepting gzip framing where zlib is expected.
     pub fn decompress(self, data: &[u8]) -> Result<Vec<u8>, DecodeError> {
-        let reader: Box<dyn Read + '_> = match self {
+        let fail = |reason: String| DecodeError::Decompress { scheme: self.name(), reason };
+        let mut out = LimitedWriter(Vec::new());
+        match self {
             Self::Zlib if data.starts_with(&[0x1f, 0x8b]) => {
-                Box::new(flate2::read::GzDecoder::new(data))
+                std::io::copy(&mut flate2::read::GzDecoder::new(data), &mut out).map(drop)
             }
-            Self::Zlib => Box::new(flate2::read::ZlibDecoder::new(data)),
-            Self::Bzip2 => Box::new(bzip2::read::BzDecoder::new(data)),
-        };
-        let mut out = Vec::new();
-        reader
-            .take(MAX_DECOMPRESSED + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| DecodeError::Decompress {
-                scheme: self.name(),
-                reason: e.to_string(),
-            })?;
-        if out.len() as u64 > MAX_DECOMPRESSED {
-            return Err(DecodeError::Decompress {
-                scheme: self.name(),
-                reason: format!("larger than {MAX_DECOMPRESSED} bytes"),
-            });
+            Self::Zlib => std::io::copy(&mut flate2::read::ZlibDecoder::new(data), &mut out).map(drop),
+            Self::Bzip2 => std::io::copy(&mut bzip2::read::BzDecoder::new(data), &mut out).map(drop),
+            Self::Xz => lzma_rs::xz_decompress(&mut std::io::BufReader::new(data), &mut out)
+                .map_err(|e| std::io::Error::other(e.to_string())),
         }
-        Ok(out)
+        .map_err(|e| fail(e.to_string()))?;
+        Ok(out.0)
     }
 
     /// Compresses a body the way Kombu does (zlib stream, not gzip framing).
@@ -87,7 +85,29 @@ impl Compression {
                 enc.write_all(data)?;
                 Ok(enc.finish()?)
             }
+            Self::Xz => {
+                let mut out = Vec::new();
+                lzma_rs::xz_compress(&mut std::io::BufReader::new(data), &mut out)?;
+                Ok(out)
+            }
         }
+    }
+}
+
+/// A `Vec` writer that refuses to grow past [`MAX_DECOMPRESSED`].
+struct LimitedWriter(Vec<u8>);
+
+impl Write for LimitedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() as u64 + buf.len() as u64 > MAX_DECOMPRESSED {
+            return Err(std::io::Error::other(format!("larger than {MAX_DECOMPRESSED} bytes")));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -112,6 +132,15 @@ mod tests {
         let data = b"hello hello hello";
         let c = Compression::Bzip2.compress(data).unwrap();
         assert_eq!(Compression::Bzip2.decompress(&c).unwrap(), data);
+    }
+
+    #[test]
+    fn xz_round_trips_and_reads_pythons_lzma() {
+        let data = b"[[1, 1], {}, {}]";
+        let c = Compression::Xz.compress(data).unwrap();
+        assert_eq!(&c[..6], &[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]);
+        assert_eq!(Compression::Xz.decompress(&c).unwrap(), data);
+        assert!(Compression::Xz.decompress(b"not xz").is_err());
     }
 
     #[test]

@@ -315,7 +315,8 @@ impl TaskMessage {
                 let (headers, args, kwargs, embed) = decode_v2(headers, parts)?;
                 Ok(Self { protocol: Protocol::V2, content_type: content, compression, headers, properties, args, kwargs, embed })
             }
-            Value::Object(body) => {
+            // Celery's rule (worker/strategy.py): a dict body with `args` is protocol v1.
+            Value::Object(body) if body.contains_key("args") => {
                 let (headers, args, kwargs, embed) = decode_v1(headers, body)?;
                 Ok(Self { protocol: Protocol::V1, content_type: content, compression, headers, properties, args, kwargs, embed })
             }

@@ -83,17 +83,28 @@ fn dispatch(shared: &Arc<Shared>, jobs: &TaskTracker, delivery: Delivery, permit
             );
             metrics::counter!("celeriac_messages_set_aside_total", "queue" => queue).increment(1);
         }
-        DeliveryState::Tracked(tag) => {
-            let raw: Arc<str> = raw.into();
-            let queue: Arc<str> = queue.into();
-            shared.inflight.insert(tag.clone(), Held { raw: raw.clone(), queue: queue.clone() });
-            let job = Job { tag, raw, queue, prefetch: Some(permit) };
-            jobs.spawn(job::process(shared.clone(), job));
-        }
+        DeliveryState::Tracked(tag) => match String::from_utf8(raw) {
+            Ok(text) => {
+                let raw: Arc<str> = text.into();
+                let queue: Arc<str> = queue.into();
+                shared.inflight.insert(tag.clone(), Held { raw: raw.clone(), queue: queue.clone() });
+                let job = Job { tag, raw, queue, prefetch: Some(permit) };
+                jobs.spawn(job::process(shared.clone(), job));
+            }
+            Err(e) => {
+                let shared = shared.clone();
+                jobs.spawn(async move {
+                    let _permit = permit;
+                    let reason = format!("the message is not valid UTF-8: {}", e.utf8_error());
+                    job::set_aside(&shared, &tag, e.as_bytes(), &queue, &reason).await;
+                });
+            }
+        },
     }
 }
 
-fn preview(raw: &str) -> String {
+fn preview(raw: &[u8]) -> String {
+    let raw = String::from_utf8_lossy(raw);
     let mut end = raw.len().min(200);
     while !raw.is_char_boundary(end) {
         end -= 1;

@@ -36,7 +36,7 @@ pub(crate) async fn process(shared: Arc<Shared>, mut job: Job) {
     let msg = match Envelope::from_json(&job.raw).and_then(|env| TaskMessage::from_envelope(&env)) {
         Ok(msg) => msg,
         Err(e) => {
-            set_aside(&shared, &job, &e.to_string()).await;
+            set_aside(&shared, &job.tag, job.raw.as_bytes(), &job.queue, &e.to_string()).await;
             return;
         }
     };
@@ -376,20 +376,20 @@ fn count(task: &str, outcome: &'static str) {
 }
 
 /// Sets an undecodable message aside on the dead-letter list; it is never executed.
-async fn set_aside(shared: &Shared, job: &Job, reason: &str) {
+pub(crate) async fn set_aside(shared: &Shared, tag: &str, raw: &[u8], queue: &str, reason: &str) {
     error!(
-        queue = %job.queue,
-        tag = %job.tag,
+        queue = %queue,
+        tag = %tag,
         "Received an invalid message, set aside on the list '{}' and not executed: {reason}",
         shared.config.dead_letter_key
     );
-    metrics::counter!("celeriac_messages_set_aside_total", "queue" => job.queue.to_string()).increment(1);
+    metrics::counter!("celeriac_messages_set_aside_total", "queue" => queue.to_owned()).increment(1);
     let done = until_ok("setting a message aside", shared.config.reconnect, &shared.abort, || {
-        shared.broker.dead_letter(Some(&job.tag), &job.raw, &job.queue, reason)
+        shared.broker.dead_letter(Some(tag), raw, queue, reason)
     })
     .await;
     if done.is_some() {
-        shared.inflight.remove(&job.tag);
+        shared.inflight.remove(tag);
     }
 }
 

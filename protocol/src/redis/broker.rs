@@ -70,12 +70,28 @@ pub enum DeliveryState {
 /// One message taken from a queue.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    /// The list element as it was on the queue.
-    pub raw: String,
+    /// The list element as it was on the queue (bytes: it may not even be UTF-8).
+    pub raw: Vec<u8>,
     /// The queue it came from (the list key without its priority suffix).
     pub queue: String,
     /// Tracked or already set aside.
     pub state: DeliveryState,
+}
+
+/// A dead-letter record: JSON `{"reason", "queue", "worker", "received_at", "payload"}`, with
+/// `payload_base64` instead of `payload` when the message is not valid UTF-8, so the exact
+/// bytes can always be recovered.
+pub fn dead_letter_record(reason: &str, queue: &str, worker: &str, at: f64, raw: &[u8]) -> String {
+    let mut record = Map::new();
+    record.insert("reason".into(), Value::String(reason.into()));
+    record.insert("queue".into(), Value::String(queue.into()));
+    record.insert("worker".into(), Value::String(worker.into()));
+    record.insert("received_at".into(), Value::String(format!("{at:.6}")));
+    match std::str::from_utf8(raw) {
+        Ok(text) => record.insert("payload".into(), Value::String(text.into())),
+        Err(_) => record.insert("payload_base64".into(), Value::String(envelope::base64_encode(raw))),
+    };
+    Value::Object(record).to_string()
 }
 
 /// A Kombu-compatible Redis broker client.
@@ -172,11 +188,7 @@ impl RedisBroker {
                     .and_then(|i| keys.get(i))
                     .ok_or_else(|| RedisClientError::Reply(format!("fetch script returned key index {idx}")))?;
                 let state = if tag.is_empty() { DeliveryState::DeadLettered } else { DeliveryState::Tracked(tag) };
-                Ok(Delivery {
-                    raw: String::from_utf8_lossy(&raw).into_owned(),
-                    queue: kombu::queue_of_key(key).to_owned(),
-                    state,
-                })
+                Ok(Delivery { raw, queue: kombu::queue_of_key(key).to_owned(), state })
             })
             .collect()
     }
@@ -196,8 +208,7 @@ impl RedisBroker {
             .await?;
         let Some((key, raw)) = reply else { return Ok(None) };
         let queue = kombu::queue_of_key(&key).to_owned();
-        let raw = String::from_utf8_lossy(&raw).into_owned();
-        let parsed = Envelope::from_json(&raw).ok();
+        let parsed = std::str::from_utf8(&raw).ok().and_then(|text| Envelope::from_json(text).ok());
         let tag = parsed.as_ref().and_then(|e| e.delivery_tag()).filter(|t| !t.is_empty());
         let Some(tag) = tag.map(str::to_owned) else {
             let reason = "not a Kombu envelope: invalid JSON or no properties.delivery_tag";
@@ -209,7 +220,7 @@ impl RedisBroker {
             .map(|e| (e.exchange().to_owned(), e.routing_key().to_owned()))
             .unwrap_or_default();
         let rk = if rk.is_empty() { queue.clone() } else { rk };
-        let entry = envelope::unacked_entry(&raw, &ex, &rk);
+        let entry = envelope::unacked_entry(&String::from_utf8_lossy(&raw), &ex, &rk);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .zadd(&self.opts.unacked_index_key, &tag, now_unix())
@@ -219,7 +230,7 @@ impl RedisBroker {
         if let Err(e) = pipe.query_async::<()>(&mut self.cmd.clone()).await {
             // The message is in our hands only. Put it straight back rather than risk losing it.
             warn!(error = %e, queue = %queue, "could not track a polled message; pushing it back");
-            let _: () = self.cmd.clone().rpush(&key, raw.as_bytes()).await?;
+            let _: () = self.cmd.clone().rpush(&key, &raw).await?;
             return Ok(None);
         }
         Ok(Some(Delivery { raw, queue, state: DeliveryState::Tracked(tag) }))
@@ -254,7 +265,7 @@ impl RedisBroker {
         let mut env = match Envelope::from_json(raw) {
             Ok(env) => env,
             Err(e) => {
-                self.dead_letter(Some(tag), raw, queue, &format!("cannot requeue: {e}")).await?;
+                self.dead_letter(Some(tag), raw.as_bytes(), queue, &format!("cannot requeue: {e}")).await?;
                 return Ok(false);
             }
         };
@@ -286,23 +297,17 @@ impl RedisBroker {
     }
 
     /// Sets a message aside on the dead-letter list with the reason, removing it from the
-    /// unacked structures when it was tracked. The record is JSON:
-    /// `{"reason", "queue", "worker", "received_at", "payload"}`.
+    /// unacked structures when it was tracked. See [`dead_letter_record`] for the record.
     pub async fn dead_letter(
         &self,
         tag: Option<&str>,
-        raw: &str,
+        raw: &[u8],
         queue: &str,
         reason: &str,
     ) -> Result<(), RedisClientError> {
-        let mut record = Map::new();
-        record.insert("reason".into(), Value::String(reason.into()));
-        record.insert("queue".into(), Value::String(queue.into()));
-        record.insert("worker".into(), Value::String(self.opts.worker_name.clone()));
-        record.insert("received_at".into(), Value::String(format!("{:.6}", now_unix())));
-        record.insert("payload".into(), Value::String(raw.into()));
+        let record = dead_letter_record(reason, queue, &self.opts.worker_name, now_unix(), raw);
         let mut pipe = redis::pipe();
-        pipe.atomic().lpush(&self.opts.dead_letter_key, Value::Object(record).to_string()).ignore();
+        pipe.atomic().lpush(&self.opts.dead_letter_key, record).ignore();
         if let Some(tag) = tag {
             pipe.zrem(&self.opts.unacked_index_key, tag).ignore();
             pipe.hdel(&self.opts.unacked_key, tag).ignore();
@@ -381,7 +386,7 @@ impl RedisBroker {
                     Ok(parts) => parts,
                     Err(e) => {
                         let reason = format!("unacked entry cannot be restored: {e}");
-                        self.dead_letter(Some(tag), &entry, "", &reason).await?;
+                        self.dead_letter(Some(tag), entry.as_bytes(), "", &reason).await?;
                         continue;
                     }
                 };
@@ -430,5 +435,20 @@ impl RedisBroker {
         }
         let lens: Vec<u64> = pipe.query_async(&mut self.cmd.clone()).await?;
         Ok(lens.iter().sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_records_keep_the_exact_bytes() {
+        let text: Value = serde_json::from_str(&dead_letter_record("r", "q", "w", 1.5, b"{oops")).unwrap();
+        assert_eq!(text["payload"], "{oops");
+        assert_eq!(text["received_at"], "1.500000");
+        let binary: Value = serde_json::from_str(&dead_letter_record("r", "q", "w", 0.0, b"\xff\xfe")).unwrap();
+        assert_eq!(binary["payload_base64"], "//4=");
+        assert!(binary.get("payload").is_none());
     }
 }

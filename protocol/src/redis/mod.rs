@@ -9,7 +9,7 @@ mod scripts;
 mod url;
 
 pub use backend::{RedisBackend, StoreRequest};
-pub use broker::{BrokerOptions, Delivery, DeliveryState, RedisBroker};
+pub use broker::{BrokerOptions, Delivery, DeliveryState, RedisBroker, dead_letter_record};
 pub use url::{RedisUrl, UrlError};
 
 use std::time::Duration;

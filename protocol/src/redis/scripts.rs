@@ -15,10 +15,10 @@ use redis::Script;
 /// step. `ARGV[4]` is the worker's name; `ARGV[4 + i]` is the queue of `KEYS[2 + i]`.
 /// Returns `{key_index, raw, delivery_tag or ''}` per message (`''` = dead-lettered).
 pub static FETCH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+    Script::new(&format!(
+        r#"{DEAD_LETTER_RECORD}
 local max = tonumber(ARGV[1])
-local out = {}
+local out = {{}}
 for i = 3, #KEYS do
   while #out < max do
     local raw = redis.call('RPOP', KEYS[i])
@@ -38,20 +38,56 @@ for i = 3, #KEYS do
       end
       redis.call('ZADD', KEYS[2], ARGV[2], tag)
       redis.call('HSET', KEYS[1], tag, '[' .. raw .. ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']')
-      out[#out + 1] = {i - 2, raw, tag}
+      out[#out + 1] = {{i - 2, raw, tag}}
     else
-      redis.call('LPUSH', ARGV[3], cjson.encode({
-        reason = 'not a Kombu envelope: invalid JSON or no properties.delivery_tag',
-        queue = queue, worker = ARGV[4], received_at = ARGV[2], payload = raw}))
-      out[#out + 1] = {i - 2, raw, ''}
+      redis.call('LPUSH', ARGV[3], dead_letter_record(
+        'not a Kombu envelope: invalid JSON or no properties.delivery_tag', queue, ARGV[4], ARGV[2], raw))
+      out[#out + 1] = {{i - 2, raw, ''}}
     end
   end
   if #out >= max then break end
 end
 return out
-"#,
-    )
+"#
+    ))
 });
+
+/// Lua that builds a dead-letter record exactly as [`dead_letter_record`](super::broker) does
+/// in Rust: the payload as text when it is valid UTF-8, otherwise as base64.
+const DEAD_LETTER_RECORD: &str = r#"
+local B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+local function base64(s)
+  local parts = {}
+  for i = 1, #s, 3 do
+    local a, b, c = s:byte(i, i + 2)
+    local n = a * 65536 + (b or 0) * 256 + (c or 0)
+    local function digit(shift) local d = math.floor(n / shift) % 64; return B64:sub(d + 1, d + 1) end
+    parts[#parts + 1] = digit(262144) .. digit(4096) .. (b and digit(64) or '=') .. (c and digit(1) or '=')
+  end
+  return table.concat(parts)
+end
+local function valid_utf8(s)
+  local i, n = 1, #s
+  while i <= n do
+    local c = s:byte(i)
+    local len = 0
+    if c < 0x80 then len = 1 elseif c >= 0xC2 and c <= 0xDF then len = 2
+    elseif c >= 0xE0 and c <= 0xEF then len = 3 elseif c >= 0xF0 and c <= 0xF4 then len = 4 end
+    if len == 0 or i + len - 1 > n then return false end
+    for j = i + 1, i + len - 1 do
+      local d = s:byte(j)
+      if d < 0x80 or d > 0xBF then return false end
+    end
+    i = i + len
+  end
+  return true
+end
+local function dead_letter_record(reason, queue, worker, at, raw)
+  local rec = {reason = reason, queue = queue, worker = worker, received_at = at}
+  if valid_utf8(raw) then rec.payload = raw else rec.payload_base64 = base64(raw) end
+  return cjson.encode(rec)
+end
+"#;
 
 /// Moves one unacked message (tag `ARGV[1]`) back onto the list `KEYS[3]`: removes it from the
 /// unacked hash `KEYS[1]` and index `KEYS[2]` and pushes `ARGV[2]` with `ARGV[3]` (`RPUSH`: next
