@@ -145,6 +145,11 @@ impl RedisUrl {
 
     /// A redis-rs client for this URL.
     pub fn client(&self) -> Result<redis::Client, UrlError> {
+        if self.is_tls() {
+            // rustls needs one process-wide crypto provider; ring is ours. Installing twice is
+            // harmless (the second attempt reports the first one and is ignored).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let mut target = self.url.clone();
         if self.is_tls() && self.verify == TlsVerify::None {
             target.set_fragment(Some("insecure"));
