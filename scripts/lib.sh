@@ -38,6 +38,12 @@ ensure_redis_installed() {
   command -v redis-server >/dev/null && command -v redis-cli >/dev/null || apt_install redis-server
 }
 
+# What the interop suite needs besides Redis: openssl makes its TLS certificates.
+ensure_test_tools() {
+  ensure_redis_installed
+  command -v openssl >/dev/null || apt_install openssl
+}
+
 # Starts a Redis on 127.0.0.1:$1 unless one answers there already.
 ensure_redis_running() {
   local port="${1:-6379}"

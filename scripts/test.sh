@@ -4,7 +4,7 @@
 # (e.g. scripts/test.sh -k retry).
 source "$(dirname "$0")/lib.sh"
 
-ensure_redis_installed
+ensure_test_tools
 ensure_venv
 build_binaries
 say "unit, golden-vector and property tests"

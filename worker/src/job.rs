@@ -104,6 +104,7 @@ pub(crate) async fn process(shared: Arc<Shared>, mut job: Job) {
         }
     }
 
+    debug!("Task {name}[{id}] started");
     let started_at = Instant::now();
     let outcome = tokio::select! {
         biased;
@@ -125,7 +126,28 @@ pub(crate) async fn process(shared: Arc<Shared>, mut job: Job) {
         }
         Err(TaskError::Failed(e)) => fail(&shared, &mut job, &msg, &task, &name, e, runtime),
         Err(TaskError::Retry(r)) => retry(&shared, &mut job, &msg, &task, &name, r, runtime).await,
+        Err(e @ TaskError::Reject { .. }) => reject(&shared, &mut job, &msg, &task, &name, e).await,
     }
+}
+
+/// Celery's `Reject`: requeue behind the waiting messages, or fail with `Reject`.
+async fn reject(shared: &Shared, job: &mut Job, msg: &TaskMessage, task: &Arc<RegisteredTask>, name: &str, e: TaskError) {
+    let TaskError::Reject { reason, requeue } = e else { return };
+    warn!("Task {name}[{}] reject requeue={}: {}", msg.headers.id, if requeue { "True" } else { "False" }, reason.as_deref().unwrap_or(""));
+    count(task.name(), "rejected");
+    if requeue {
+        let moved = until_ok("requeueing a rejected message", shared.config.reconnect, &shared.abort, || {
+            shared.broker.requeue(&job.tag, &job.raw, &job.queue, true)
+        })
+        .await;
+        if moved.is_some() {
+            shared.inflight.remove(&job.tag);
+        }
+        return;
+    }
+    let exc = PyException::new("celery.exceptions", "Reject", vec![reason.map_or(Value::Null, Value::String), Value::Bool(false)]);
+    let store = record(shared, msg, Some(task), State::Failure, exc.to_value(), None, Vec::new());
+    settle(shared, job, store);
 }
 
 async fn execute(msg: &TaskMessage, task: &Arc<RegisteredTask>, request: Arc<Request>) -> Result<Value, TaskError> {

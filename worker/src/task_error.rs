@@ -126,6 +126,14 @@ pub enum TaskError {
     Failed(PyError),
     /// The task asks to be retried.
     Retry(Retry),
+    /// Celery's `Reject`: with `requeue`, the message goes back to the end of its queue and no
+    /// result is stored; without, FAILURE is stored with `celery.exceptions.Reject`.
+    Reject {
+        /// Why, for the log and the stored exception.
+        reason: Option<String>,
+        /// Put the message back on its queue.
+        requeue: bool,
+    },
 }
 
 impl TaskError {
@@ -157,6 +165,9 @@ impl fmt::Display for TaskError {
         match self {
             Self::Failed(e) => write!(f, "{e}"),
             Self::Retry(_) => f.write_str("retry requested"),
+            Self::Reject { reason, requeue } => {
+                write!(f, "reject requeue={}: {}", if *requeue { "True" } else { "False" }, reason.as_deref().unwrap_or(""))
+            }
         }
     }
 }

@@ -22,6 +22,7 @@ pub fn register(builder: RegistryBuilder) -> RegistryBuilder {
         .task("celeriac.test.fail", fail)
         .task_with("celeriac.test.retry", TaskOptions::default().max_retries(None), retry)
         .task("celeriac.test.request", request)
+        .task("celeriac.test.reject", reject)
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,4 +129,23 @@ async fn request(ctx: TaskContext, _none: ()) -> Result<Value, TaskError> {
         "eta": r.eta,
         "expires": r.expires,
     }))
+}
+
+#[derive(Debug, Deserialize)]
+struct RejectArgs {
+    #[serde(default)]
+    requeue: bool,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    unless_redelivered: bool,
+}
+
+/// Rejects its message like Celery's `raise Reject(reason, requeue)`; with
+/// `unless_redelivered`, only the first delivery is rejected (so a requeue test terminates).
+async fn reject(ctx: TaskContext, a: RejectArgs) -> Result<bool, TaskError> {
+    if a.unless_redelivered && ctx.request().delivery_info.redelivered {
+        return Ok(true);
+    }
+    Err(TaskError::Reject { reason: a.reason, requeue: a.requeue })
 }
