@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import WORKER_BIN, CeleriacWorker, RedisServer, make_app
+from support import WORKER_BIN, CeleriacWorker, RedisServer, make_app
 
 
 def test_settings_from_the_environment(app, redis_server, tmp_path):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import DEAD_LETTER, dead_letters, meta, wait_for
+from support import DEAD_LETTER, dead_letters, make_app, meta, wait_for
 
 
 def captured(app, broker, queue="celery", **send):
@@ -21,8 +21,6 @@ def captured(app, broker, queue="celery", **send):
 
 
 def test_protocol_v1_messages_run(redis_server, start_worker):
-    from conftest import make_app
-
     app1 = make_app(redis_server, task_protocol=1)
     start_worker()
     r = app1.send_task("celeriac.test.add", args=[20], kwargs={"y": 22})

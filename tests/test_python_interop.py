@@ -4,7 +4,7 @@ of worker can drain one queue together."""
 
 import signal
 
-from conftest import meta, wait_for
+from support import wait_for
 
 
 def runs(broker, task_id):

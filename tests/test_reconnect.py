@@ -6,7 +6,7 @@ import time
 
 import redis
 
-from conftest import wait_for
+from support import wait_for
 
 
 def results(backend, ids):

@@ -8,7 +8,7 @@ import time
 import celery.exceptions
 import pytest
 
-from conftest import meta, wait_for
+from support import meta, wait_for
 
 
 def parse(ts):

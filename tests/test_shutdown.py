@@ -6,7 +6,7 @@ import json
 import signal
 import time
 
-from conftest import meta, wait_for
+from support import meta, wait_for
 
 
 def queued(broker, queue="celery"):

@@ -6,7 +6,7 @@ import time
 import celery.exceptions
 import pytest
 
-from conftest import meta, wait_for
+from support import meta, wait_for
 
 
 def test_the_quickstart_call(app, start_worker):

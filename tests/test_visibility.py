@@ -2,10 +2,9 @@
 worker (Python or ours) is restored and run by the other kind; and, beyond Celery, a message
 our worker holds (waiting for its ETA) stays fresh so it never runs twice."""
 
-import signal
 import time
 
-from conftest import meta, wait_for
+from support import meta, wait_for
 
 
 def runs(broker, task_id):

@@ -9,7 +9,7 @@ import time
 import celery.exceptions
 import pytest
 
-from conftest import meta, wait_for
+from support import meta, wait_for
 
 
 def spans(log, ids):

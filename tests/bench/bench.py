@@ -44,6 +44,8 @@ SRC = "bench.src"
 BROKER_DB, RESULT_DB, SRC_DB = 0, 1, 2
 META = "celery-task-meta-"
 # Commands the driver itself sends while a worker drains; left out of the per-task counts.
+# Log lines that the benchmark's own SIGTERM causes.
+EXPECTED_LOG = re.compile(r"SIGTERM received: warm shutdown")
 DRIVER_COMMANDS = {"dbsize", "copy", "info", "config|resetstat", "select", "ping", "hello", "client|setinfo"}
 
 
@@ -76,7 +78,7 @@ def parse_args(argv):
     p.add_argument("--ready-timeout", type=float, default=60.0,
                    help="seconds a worker may take to run its warm-up task (default 60)")
     p.add_argument("--sample-interval", type=float, default=0.05, help="RSS sampling period, s (default 0.05)")
-    p.add_argument("--poll-interval", type=float, default=0.02, help="result-count polling period, s (default 0.02)")
+    p.add_argument("--poll-interval", type=float, default=0.01, help="result-count polling period, s (default 0.01)")
     # Set by scripts/bench.sh.
     p.add_argument("--port", type=int, required=True, help=argparse.SUPPRESS)
     p.add_argument("--worker-bin", required=True, help=argparse.SUPPRESS)
@@ -165,6 +167,18 @@ def tree_rss(proc):
     return total, count
 
 
+def tree_pss(proc):
+    """Proportional set size summed over the tree: pages shared by the prefork children with
+    their parent count once in all, where the RSS sum counts them once per process."""
+    total = 0
+    for p in tree(proc):
+        try:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
+            pass
+    return total
+
+
 def tree_cpu(proc):
     total = 0.0
     for p in tree(proc):
@@ -194,11 +208,12 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.proc, self.interval = proc, interval
         self.stopping = threading.Event()
-        self.peak, self.samples, self.max_procs = 0, 0, 0
+        self.peak, self.peak_pss, self.samples, self.max_procs = 0, 0, 0, 0
 
     def sample(self):
         rss, count = tree_rss(self.proc)
         self.peak = max(self.peak, rss)
+        self.peak_pss = max(self.peak_pss, tree_pss(self.proc))
         self.max_procs = max(self.max_procs, count)
         self.samples += 1
 
@@ -293,7 +308,7 @@ class Worker:
         """Warning and error lines of the worker's log (Python runs at -l warning: every line)."""
         pat = re.compile(r"\b(WARN|WARNING|ERROR|CRITICAL|FATAL)\b|Traceback|panicked")
         with open(self.log_path, errors="replace") as f:
-            return [line.rstrip() for line in f if pat.search(line)]
+            return [line.rstrip() for line in f if pat.search(line) and not EXPECTED_LOG.search(line)]
 
 
 def send_warmup(args, task_id):
@@ -315,6 +330,11 @@ def wait_until(cond, timeout, worker, what, interval=0.02):
 
 def command_stats(r):
     return {k: v["calls"] for k, v in r.info("commandstats").items()}
+
+
+def redis_stats(r):
+    s = r.info("stats")
+    return s["total_reads_processed"], s["total_commands_processed"]
 
 
 def redis_cpu(r):
@@ -371,12 +391,14 @@ def run_one(kind, rnd, args, ids, conns, copy_supported):
         sampler.sample()
         r_broker.config_resetstat()
         cpu0, rcpu0 = tree_cpu(w.proc), redis_cpu(r_broker)
+        reads0, _ = redis_stats(r_broker)
         sampler.start()
         t0 = time.perf_counter()
         hand_over(r_src, copy_supported)
-        last_note, done = t0, 0
+        last_note, done, polls = t0, 0, 0
         while True:
             done = r_res.dbsize()
+            polls += 1
             now = time.perf_counter()
             if done >= n:
                 break
@@ -395,17 +417,21 @@ def run_one(kind, rnd, args, ids, conns, copy_supported):
         t1 = time.perf_counter()
         sampler.stop()
         cpu1, rcpu1 = tree_cpu(w.proc), redis_cpu(r_broker)
+        reads1, _ = redis_stats(r_broker)
         stats = command_stats(r_broker)
         hwm = vm_hwm(w.proc.pid) if kind == "celeriac" else None
 
         drain = t1 - t0
-        out.update(drain_seconds=drain, tasks_per_second=n / drain, peak_rss=sampler.peak,
+        out.update(drain_seconds=drain, tasks_per_second=n / drain, peak_rss=sampler.peak, peak_pss=sampler.peak_pss,
                    rss_samples=sampler.samples, max_processes=sampler.max_procs, vm_hwm=hwm,
                    worker_cpu_seconds=cpu1 - cpu0, redis_cpu_seconds=rcpu1 - rcpu0)
         worker_calls = {k.removeprefix("cmdstat_"): v for k, v in stats.items()
                         if k.removeprefix("cmdstat_") not in DRIVER_COMMANDS}
         out["redis_calls"] = dict(sorted(worker_calls.items(), key=lambda kv: -kv[1]))
         out["redis_calls_per_task"] = sum(worker_calls.values()) / n
+        # Socket reads Redis served, less the driver's (COPY, INFO x2, the polls): about one per
+        # round trip of the worker (a pipeline arrives in one read).
+        out["redis_reads_per_task"] = max(0, reads1 - reads0 - polls - 3) / n
 
         # Every result, checked.
         bad, examples, sample = verify(r_res, ids)
@@ -442,10 +468,12 @@ def fmt_run(r):
     lines = [
         f"  {r['worker']:<9} round {r['round']}: drain {r['drain_seconds']:.3f}s  "
         f"{r['tasks_per_second']:.0f} tasks/s  peak RSS {mib(r['peak_rss']):.1f} MiB "
-        f"(idle {mib(r['idle_rss']):.1f} MiB, {r['max_processes']} process(es), {r['rss_samples']} samples{hwm})",
+        f"(idle {mib(r['idle_rss']):.1f} MiB, {r['max_processes']} process(es), {r['rss_samples']} samples{hwm}; "
+        f"peak PSS {mib(r['peak_pss']):.1f} MiB)",
         f"            CPU: worker {r['worker_cpu_seconds']:.2f}s ({r['worker_cpu_seconds'] / r['drain_seconds'] * 100:.0f}% of one core), "
         f"redis {r['redis_cpu_seconds']:.2f}s; ready in {r['ready_seconds']:.2f}s; exit code {r['exit_code']}",
-        f"            redis calls/task {r['redis_calls_per_task']:.2f}: "
+        f"            redis: {r['redis_reads_per_task']:.2f} client reads (~round trips)/task, "
+        f"{r['redis_calls_per_task']:.2f} commands/task incl. in scripts: "
         + ", ".join(f"{k} {v}" for k, v in list(r["redis_calls"].items())[:8]),
         f"            results: {r['bad_results']} wrong/missing, {r['extra_result_keys']} extra keys; "
         f"left unacked {r['unacked_left']}, left queued {r['queued_left']}; "
@@ -469,11 +497,14 @@ def summarize(runs, kind):
         "tasks_per_second": mine[0]["tasks_per_second"] * mine[0]["drain_seconds"] / drain,
         "peak_rss_bytes": max(r["peak_rss"] for r in mine),
         "peak_rss_mib": mib(max(r["peak_rss"] for r in mine)),
+        "peak_pss_bytes": max(r["peak_pss"] for r in mine),
+        "peak_pss_mib": mib(max(r["peak_pss"] for r in mine)),
         "idle_rss_mib": mib(max(r["idle_rss"] for r in mine)),
         "vm_hwm_mib": mib(max((r["vm_hwm"] or 0) for r in mine)) or None,
         "worker_cpu_seconds": statistics.median(r["worker_cpu_seconds"] for r in mine),
         "redis_cpu_seconds": statistics.median(r["redis_cpu_seconds"] for r in mine),
         "redis_calls_per_task": statistics.median(r["redis_calls_per_task"] for r in mine),
+        "redis_reads_per_task": statistics.median(r["redis_reads_per_task"] for r in mine),
         "command": mine[0]["command"],
     }
 
@@ -550,18 +581,20 @@ def main(argv):
         s = summary[kind]
         hwm = f", VmHWM {s['vm_hwm_mib']:.1f} MiB" if s["vm_hwm_mib"] else ""
         print(f"  {kind:<9} drain {s['drain_seconds']:8.3f}s  {s['tasks_per_second']:8.0f} tasks/s  "
-              f"peak RSS {s['peak_rss_mib']:7.1f} MiB{hwm}")
+              f"peak RSS {s['peak_rss_mib']:7.1f} MiB (PSS {s['peak_pss_mib']:.1f} MiB){hwm}")
     if len(kinds) == 2:
         py, rs = summary["python"], summary["celeriac"]
         ratios = {
             "throughput_celeriac_over_python": rs["tasks_per_second"] / py["tasks_per_second"],
             "peak_rss_celeriac_over_python": rs["peak_rss_bytes"] / py["peak_rss_bytes"],
             "peak_rss_python_over_celeriac": py["peak_rss_bytes"] / rs["peak_rss_bytes"],
+            "peak_pss_celeriac_over_python": rs["peak_pss_bytes"] / py["peak_pss_bytes"],
             "cpu_celeriac_over_python": rs["worker_cpu_seconds"] / py["worker_cpu_seconds"],
         }
         print(f"  throughput celeriac/python: {ratios['throughput_celeriac_over_python']:.2f}x")
         print(f"  peak RSS   celeriac/python: {ratios['peak_rss_celeriac_over_python']:.3f} "
-              f"(Python uses {ratios['peak_rss_python_over_celeriac']:.1f}x the memory)")
+              f"(Python uses {ratios['peak_rss_python_over_celeriac']:.1f}x the memory; "
+              f"PSS ratio {ratios['peak_pss_celeriac_over_python']:.3f})")
         print(f"  worker CPU celeriac/python: {ratios['cpu_celeriac_over_python']:.2f} "
               f"({rs['worker_cpu_seconds']:.2f}s vs {py['worker_cpu_seconds']:.2f}s for the drain)")
         shapes = {k: record_shape(next(r["sample_record"] for r in runs if r["worker"] == k)) for k in kinds}
