@@ -55,14 +55,21 @@ impl Compression {
 
     /// Inflates a body, accepting gzip framing where zlib is expected.
     pub fn decompress(self, data: &[u8]) -> Result<Vec<u8>, DecodeError> {
-        let fail = |reason: String| DecodeError::Decompress { scheme: self.name(), reason };
+        let fail = |reason: String| DecodeError::Decompress {
+            scheme: self.name(),
+            reason,
+        };
         let mut out = LimitedWriter(Vec::new());
         match self {
             Self::Zlib if data.starts_with(&[0x1f, 0x8b]) => {
                 std::io::copy(&mut flate2::read::GzDecoder::new(data), &mut out).map(drop)
             }
-            Self::Zlib => std::io::copy(&mut flate2::read::ZlibDecoder::new(data), &mut out).map(drop),
-            Self::Bzip2 => std::io::copy(&mut bzip2::read::BzDecoder::new(data), &mut out).map(drop),
+            Self::Zlib => {
+                std::io::copy(&mut flate2::read::ZlibDecoder::new(data), &mut out).map(drop)
+            }
+            Self::Bzip2 => {
+                std::io::copy(&mut bzip2::read::BzDecoder::new(data), &mut out).map(drop)
+            }
             Self::Xz => lzma_rs::xz_decompress(&mut std::io::BufReader::new(data), &mut out)
                 .map_err(|e| std::io::Error::other(e.to_string())),
         }
@@ -100,7 +107,9 @@ struct LimitedWriter(Vec<u8>);
 impl Write for LimitedWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.0.len() as u64 + buf.len() as u64 > MAX_DECOMPRESSED {
-            return Err(std::io::Error::other(format!("larger than {MAX_DECOMPRESSED} bytes")));
+            return Err(std::io::Error::other(format!(
+                "larger than {MAX_DECOMPRESSED} bytes"
+            )));
         }
         self.0.extend_from_slice(buf);
         Ok(buf.len())

@@ -54,7 +54,10 @@ fn take_string(
     }
 }
 
-fn take_object(obj: &mut Map<String, Value>, key: &'static str) -> Result<Map<String, Value>, DecodeError> {
+fn take_object(
+    obj: &mut Map<String, Value>,
+    key: &'static str,
+) -> Result<Map<String, Value>, DecodeError> {
     match obj.remove(key) {
         Some(Value::Object(m)) => Ok(m),
         None | Some(Value::Null) => Ok(Map::new()),
@@ -88,22 +91,38 @@ impl Envelope {
     /// Builds an envelope from an already parsed JSON value.
     pub fn from_value(value: Value) -> Result<Self, DecodeError> {
         let Value::Object(mut obj) = value else {
-            return Err(DecodeError::Envelope(format!("expected an object, found {}", kind(&value))));
+            return Err(DecodeError::Envelope(format!(
+                "expected an object, found {}",
+                kind(&value)
+            )));
         };
         let body = take_string(&mut obj, "body", true)?;
         let content_type = take_string(&mut obj, "content-type", false)?;
         let content_encoding = take_string(&mut obj, "content-encoding", false)?;
         let headers = take_object(&mut obj, "headers")?;
         let properties = take_object(&mut obj, "properties")?;
-        Ok(Self { body, content_type, content_encoding, headers, properties, extra: obj })
+        Ok(Self {
+            body,
+            content_type,
+            content_encoding,
+            headers,
+            properties,
+            extra: obj,
+        })
     }
 
     /// Serializes in Kombu's field order.
     pub fn to_value(&self) -> Value {
         let mut obj = Map::new();
         obj.insert("body".into(), Value::String(self.body.clone()));
-        obj.insert("content-encoding".into(), Value::String(self.content_encoding.clone()));
-        obj.insert("content-type".into(), Value::String(self.content_type.clone()));
+        obj.insert(
+            "content-encoding".into(),
+            Value::String(self.content_encoding.clone()),
+        );
+        obj.insert(
+            "content-type".into(),
+            Value::String(self.content_type.clone()),
+        );
         obj.insert("headers".into(), Value::Object(self.headers.clone()));
         obj.insert("properties".into(), Value::Object(self.properties.clone()));
         for (k, v) in &self.extra {
@@ -121,9 +140,14 @@ impl Envelope {
     pub fn body_bytes(&self) -> Result<Vec<u8>, DecodeError> {
         match self.properties.get("body_encoding") {
             Some(Value::String(enc)) if enc == "base64" => {
-                let cleaned: Vec<u8> =
-                    self.body.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-                BASE64.decode(cleaned).map_err(|e| DecodeError::Base64(e.to_string()))
+                let cleaned: Vec<u8> = self
+                    .body
+                    .bytes()
+                    .filter(|b| !b.is_ascii_whitespace())
+                    .collect();
+                BASE64
+                    .decode(cleaned)
+                    .map_err(|e| DecodeError::Base64(e.to_string()))
             }
             None | Some(Value::Null) => Ok(self.body.as_bytes().to_vec()),
             Some(Value::String(enc)) if enc.is_empty() => Ok(self.body.as_bytes().to_vec()),
@@ -171,7 +195,11 @@ impl Envelope {
     pub fn redelivered(&self) -> bool {
         let flag = |v: Option<&Value>| v.and_then(Value::as_bool).unwrap_or(false);
         flag(self.headers.get("redelivered"))
-            || flag(self.properties.get("delivery_info").and_then(|d| d.get("redelivered")))
+            || flag(
+                self.properties
+                    .get("delivery_info")
+                    .and_then(|d| d.get("redelivered")),
+            )
     }
 
     /// Sets the flags Kombu sets when it puts an unacked message back on its queue.
@@ -208,7 +236,11 @@ pub fn parse_unacked_entry(entry: &str) -> Result<(Envelope, String, String), De
         Value::String(s) => s,
         _ => String::new(),
     };
-    Ok((Envelope::from_value(env)?, text(exchange), text(routing_key)))
+    Ok((
+        Envelope::from_value(env)?,
+        text(exchange),
+        text(routing_key),
+    ))
 }
 
 #[cfg(test)]
@@ -222,12 +254,24 @@ mod tests {
         let env = Envelope::from_json(RAW).unwrap();
         assert_eq!(env.delivery_tag(), Some("5536af4d"));
         assert_eq!(env.routing_key(), "celery");
-        assert_eq!(env.body_bytes().unwrap(), br#"[[2, 3], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#);
+        assert_eq!(
+            env.body_bytes().unwrap(),
+            br#"[[2, 3], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#
+        );
         let again: Value = serde_json::from_str(&env.to_json()).unwrap();
         let orig: Value = serde_json::from_str(RAW).unwrap();
         assert_eq!(again, orig);
         let keys: Vec<_> = again.as_object().unwrap().keys().cloned().collect();
-        assert_eq!(keys, ["body", "content-encoding", "content-type", "headers", "properties"]);
+        assert_eq!(
+            keys,
+            [
+                "body",
+                "content-encoding",
+                "content-type",
+                "headers",
+                "properties"
+            ]
+        );
     }
 
     #[test]
@@ -237,7 +281,10 @@ mod tests {
         env.mark_redelivered();
         assert!(env.redelivered());
         assert_eq!(env.headers["redelivered"], Value::Bool(true));
-        assert_eq!(env.properties["delivery_info"]["redelivered"], Value::Bool(true));
+        assert_eq!(
+            env.properties["delivery_info"]["redelivered"],
+            Value::Bool(true)
+        );
     }
 
     #[test]
@@ -250,9 +297,18 @@ mod tests {
 
     #[test]
     fn bad_envelopes_say_why() {
-        assert!(matches!(Envelope::from_json("not json"), Err(DecodeError::Envelope(_))));
-        assert!(matches!(Envelope::from_json("[1]"), Err(DecodeError::Envelope(_))));
-        assert_eq!(Envelope::from_json("{}"), Err(DecodeError::MissingField("body")));
+        assert!(matches!(
+            Envelope::from_json("not json"),
+            Err(DecodeError::Envelope(_))
+        ));
+        assert!(matches!(
+            Envelope::from_json("[1]"),
+            Err(DecodeError::Envelope(_))
+        ));
+        assert_eq!(
+            Envelope::from_json("{}"),
+            Err(DecodeError::MissingField("body"))
+        );
         let bad64 = r#"{"body": "@@@", "properties": {"body_encoding": "base64"}}"#;
         assert!(matches!(
             Envelope::from_json(bad64).unwrap().body_bytes(),

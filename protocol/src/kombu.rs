@@ -86,7 +86,12 @@ mod tests {
 
     #[test]
     fn priorities_map_to_kombu_lists() {
-        let cases = [(0, "celery"), (1, "celery"), (2, "celery"), (3, "celery\x06\x163")];
+        let cases = [
+            (0, "celery"),
+            (1, "celery"),
+            (2, "celery"),
+            (3, "celery\x06\x163"),
+        ];
         for (p, key) in cases {
             assert_eq!(queue_key("celery", p), key);
         }
@@ -100,7 +105,16 @@ mod tests {
     fn poll_order_is_step_major() {
         assert_eq!(
             poll_keys(&["a", "b"]),
-            vec!["a", "b", "a\x06\x163", "b\x06\x163", "a\x06\x166", "b\x06\x166", "a\x06\x169", "b\x06\x169"]
+            vec![
+                "a",
+                "b",
+                "a\x06\x163",
+                "b\x06\x163",
+                "a\x06\x166",
+                "b\x06\x166",
+                "a\x06\x169",
+                "b\x06\x169"
+            ]
         );
         assert_eq!(queue_of_key("media\x06\x166"), "media");
         assert_eq!(queue_of_key("media"), "media");

@@ -30,9 +30,25 @@ pub const REPR_MAX: usize = 1024;
 
 /// Header keys of protocol v2, in the order Celery writes them.
 const KNOWN_HEADERS: [&str; 19] = [
-    "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
-    "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result",
-    "replaced_task_nesting", "stamped_headers", "stamps",
+    "lang",
+    "task",
+    "id",
+    "shadow",
+    "eta",
+    "expires",
+    "group",
+    "group_index",
+    "retries",
+    "timelimit",
+    "root_id",
+    "parent_id",
+    "argsrepr",
+    "kwargsrepr",
+    "origin",
+    "ignore_result",
+    "replaced_task_nesting",
+    "stamped_headers",
+    "stamps",
 ];
 
 /// The task fields of a message (protocol v2 headers; v1 bodies are converted to these).
@@ -142,14 +158,20 @@ pub struct TaskMessage {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> DecodeError {
-    DecodeError::InvalidField { field, reason: reason.into() }
+    DecodeError::InvalidField {
+        field,
+        reason: reason.into(),
+    }
 }
 
 fn opt_string(map: &Map<String, Value>, key: &'static str) -> Result<Option<String>, DecodeError> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(invalid(key, format!("expected a string, found {}", kind(other)))),
+        Some(other) => Err(invalid(
+            key,
+            format!("expected a string, found {}", kind(other)),
+        )),
     }
 }
 
@@ -164,7 +186,10 @@ fn opt_int(map: &Map<String, Value>, key: &'static str) -> Result<Option<i64>, D
             .as_i64()
             .map(Some)
             .ok_or_else(|| invalid(key, format!("expected an integer, found {n}"))),
-        Some(other) => Err(invalid(key, format!("expected an integer, found {}", kind(other)))),
+        Some(other) => Err(invalid(
+            key,
+            format!("expected an integer, found {}", kind(other)),
+        )),
     }
 }
 
@@ -172,7 +197,10 @@ fn opt_bool(map: &Map<String, Value>, key: &'static str) -> Result<Option<bool>,
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(invalid(key, format!("expected a boolean, found {}", kind(other)))),
+        Some(other) => Err(invalid(
+            key,
+            format!("expected a boolean, found {}", kind(other)),
+        )),
     }
 }
 
@@ -199,12 +227,18 @@ fn timelimit(map: &Map<String, Value>) -> Result<[Option<f64>; 2], DecodeError> 
             .filter(|f| f.is_finite() && *f >= 0.0)
             .map(Some)
             .ok_or_else(|| invalid("timelimit", format!("not a usable number of seconds: {n}"))),
-        other => Err(invalid("timelimit", format!("expected a number, found {}", kind(other)))),
+        other => Err(invalid(
+            "timelimit",
+            format!("expected a number, found {}", kind(other)),
+        )),
     };
     match map.get("timelimit") {
         None | Some(Value::Null) => Ok([None, None]),
         Some(Value::Array(items)) if items.len() == 2 => Ok([limit(&items[0])?, limit(&items[1])?]),
-        Some(other) => Err(invalid("timelimit", format!("expected [hard, soft], found {other}"))),
+        Some(other) => Err(invalid(
+            "timelimit",
+            format!("expected [hard, soft], found {other}"),
+        )),
     }
 }
 
@@ -215,25 +249,46 @@ impl TaskProperties {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(m)) => m.clone(),
             Some(other) => {
-                return Err(invalid("delivery_info", format!("expected an object, found {}", kind(other))));
+                return Err(invalid(
+                    "delivery_info",
+                    format!("expected an object, found {}", kind(other)),
+                ));
             }
         };
         let priority = match props.get("priority") {
             None | Some(Value::Null) => 0,
             Some(Value::Number(n)) => kombu::clamp_priority(
-                n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)).unwrap_or(0),
+                n.as_i64()
+                    .or_else(|| n.as_f64().map(|f| f as i64))
+                    .unwrap_or(0),
             ),
-            Some(other) => return Err(invalid("priority", format!("expected an integer, found {}", kind(other)))),
+            Some(other) => {
+                return Err(invalid(
+                    "priority",
+                    format!("expected an integer, found {}", kind(other)),
+                ));
+            }
         };
         let expiration = match props.get("expiration") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
-            Some(other) => return Err(invalid("expiration", format!("expected a string, found {}", kind(other)))),
+            Some(other) => {
+                return Err(invalid(
+                    "expiration",
+                    format!("expected a string, found {}", kind(other)),
+                ));
+            }
         };
         let known = [
-            "correlation_id", "reply_to", "delivery_mode", "priority", "delivery_info",
-            "body_encoding", "delivery_tag", "expiration",
+            "correlation_id",
+            "reply_to",
+            "delivery_mode",
+            "priority",
+            "delivery_info",
+            "body_encoding",
+            "delivery_tag",
+            "expiration",
         ];
         let extra = props
             .iter()
@@ -302,7 +357,12 @@ impl TaskMessage {
         let compression = match headers.get("compression") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(Compression::from_header(s)?),
-            Some(other) => return Err(invalid("compression", format!("expected a string, found {}", kind(other)))),
+            Some(other) => {
+                return Err(invalid(
+                    "compression",
+                    format!("expected a string, found {}", kind(other)),
+                ));
+            }
         };
         let bytes: Cow<'_, [u8]> = match compression {
             Some(c) => Cow::Owned(c.decompress(body)?),
@@ -313,12 +373,30 @@ impl TaskMessage {
         match payload {
             Value::Array(parts) => {
                 let (headers, args, kwargs, embed) = decode_v2(headers, parts)?;
-                Ok(Self { protocol: Protocol::V2, content_type: content, compression, headers, properties, args, kwargs, embed })
+                Ok(Self {
+                    protocol: Protocol::V2,
+                    content_type: content,
+                    compression,
+                    headers,
+                    properties,
+                    args,
+                    kwargs,
+                    embed,
+                })
             }
             // Celery's rule (worker/strategy.py): a dict body with `args` is protocol v1.
             Value::Object(body) if body.contains_key("args") => {
                 let (headers, args, kwargs, embed) = decode_v1(headers, body)?;
-                Ok(Self { protocol: Protocol::V1, content_type: content, compression, headers, properties, args, kwargs, embed })
+                Ok(Self {
+                    protocol: Protocol::V1,
+                    content_type: content,
+                    compression,
+                    headers,
+                    properties,
+                    args,
+                    kwargs,
+                    embed,
+                })
             }
             other => Err(DecodeError::BodyShape(format!(
                 "expected [args, kwargs, embed] or a v1 dict, found {}",
@@ -328,7 +406,13 @@ impl TaskMessage {
     }
 
     /// A fresh protocol-v2 message with Celery's `send_task` defaults, for `queue`.
-    pub fn new(task: &str, id: &str, args: Vec<Value>, kwargs: Map<String, Value>, queue: &str) -> Self {
+    pub fn new(
+        task: &str,
+        id: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        queue: &str,
+    ) -> Self {
         let headers = TaskHeaders {
             lang: Some("py".into()),
             task: task.into(),
@@ -384,27 +468,48 @@ impl TaskMessage {
     pub fn header_map(&self) -> Map<String, Value> {
         let h = &self.headers;
         let s = |v: &Option<String>| v.clone().map_or(Value::Null, Value::String);
-        let limit = |v: Option<f64>| v.map_or(Value::Null, |f| {
-            if f.fract() == 0.0 && f.abs() < 1e15 { Value::from(f as i64) } else { Value::from(f) }
-        });
+        let limit = |v: Option<f64>| {
+            v.map_or(Value::Null, |f| {
+                if f.fract() == 0.0 && f.abs() < 1e15 {
+                    Value::from(f as i64)
+                } else {
+                    Value::from(f)
+                }
+            })
+        };
         let mut m = Map::new();
-        m.insert("lang".into(), Value::String(h.lang.clone().unwrap_or_else(|| "py".into())));
+        m.insert(
+            "lang".into(),
+            Value::String(h.lang.clone().unwrap_or_else(|| "py".into())),
+        );
         m.insert("task".into(), Value::String(h.task.clone()));
         m.insert("id".into(), Value::String(h.id.clone()));
         m.insert("shadow".into(), s(&h.shadow));
         m.insert("eta".into(), s(&h.eta));
         m.insert("expires".into(), s(&h.expires));
         m.insert("group".into(), s(&h.group));
-        m.insert("group_index".into(), h.group_index.map_or(Value::Null, Value::from));
+        m.insert(
+            "group_index".into(),
+            h.group_index.map_or(Value::Null, Value::from),
+        );
         m.insert("retries".into(), Value::from(h.retries));
-        m.insert("timelimit".into(), Value::Array(vec![limit(h.timelimit[0]), limit(h.timelimit[1])]));
+        m.insert(
+            "timelimit".into(),
+            Value::Array(vec![limit(h.timelimit[0]), limit(h.timelimit[1])]),
+        );
         m.insert("root_id".into(), s(&h.root_id));
         m.insert("parent_id".into(), s(&h.parent_id));
         m.insert("argsrepr".into(), s(&h.argsrepr));
         m.insert("kwargsrepr".into(), s(&h.kwargsrepr));
         m.insert("origin".into(), s(&h.origin));
-        m.insert("ignore_result".into(), h.ignore_result.map_or(Value::Null, Value::Bool));
-        m.insert("replaced_task_nesting".into(), Value::from(h.replaced_task_nesting));
+        m.insert(
+            "ignore_result".into(),
+            h.ignore_result.map_or(Value::Null, Value::Bool),
+        );
+        m.insert(
+            "replaced_task_nesting".into(),
+            Value::from(h.replaced_task_nesting),
+        );
         m.insert("stamped_headers".into(), h.stamped_headers.clone());
         m.insert("stamps".into(), h.stamps.clone());
         for (k, v) in &h.extra {
@@ -434,14 +539,24 @@ impl TaskMessage {
     pub fn to_envelope(&self, delivery_tag: &str) -> Result<Envelope, EncodeError> {
         let p = &self.properties;
         let mut props = Map::new();
-        props.insert("correlation_id".into(), Value::String(p.correlation_id.clone().unwrap_or_else(|| self.headers.id.clone())));
+        props.insert(
+            "correlation_id".into(),
+            Value::String(
+                p.correlation_id
+                    .clone()
+                    .unwrap_or_else(|| self.headers.id.clone()),
+            ),
+        );
         if let Some(r) = &p.reply_to {
             props.insert("reply_to".into(), Value::String(r.clone()));
         }
         for (k, v) in &p.extra {
             props.insert(k.clone(), v.clone());
         }
-        props.insert("delivery_mode".into(), Value::from(p.delivery_mode.unwrap_or(2)));
+        props.insert(
+            "delivery_mode".into(),
+            Value::from(p.delivery_mode.unwrap_or(2)),
+        );
         if let Some(e) = &p.expiration {
             props.insert("expiration".into(), Value::String(e.clone()));
         }
@@ -475,13 +590,23 @@ fn decode_v2(headers: &Map<String, Value>, parts: Vec<Value>) -> Result<Decoded,
     let mut parts = parts.into_iter();
     let args = match parts.next() {
         Some(Value::Array(a)) => a,
-        Some(other) => return Err(DecodeError::BodyShape(format!("args must be an array, found {}", kind(&other)))),
+        Some(other) => {
+            return Err(DecodeError::BodyShape(format!(
+                "args must be an array, found {}",
+                kind(&other)
+            )));
+        }
         None => Vec::new(),
     };
     let kwargs = match parts.next() {
         Some(Value::Object(k)) => k,
         Some(Value::Null) | None => Map::new(),
-        Some(other) => return Err(DecodeError::BodyShape(format!("kwargs must be an object, found {}", kind(&other)))),
+        Some(other) => {
+            return Err(DecodeError::BodyShape(format!(
+                "kwargs must be an object, found {}",
+                kind(&other)
+            )));
+        }
     };
     let embed = Embed::from_value(parts.next().unwrap_or(Value::Null))?;
     let extra = headers
@@ -507,8 +632,14 @@ fn decode_v2(headers: &Map<String, Value>, parts: Vec<Value>) -> Result<Decoded,
         origin: opt_string(headers, "origin")?,
         ignore_result: opt_bool(headers, "ignore_result")?,
         replaced_task_nesting: opt_int(headers, "replaced_task_nesting")?.unwrap_or(0),
-        stamped_headers: headers.get("stamped_headers").cloned().unwrap_or(Value::Null),
-        stamps: headers.get("stamps").cloned().unwrap_or_else(|| Value::Object(Map::new())),
+        stamped_headers: headers
+            .get("stamped_headers")
+            .cloned()
+            .unwrap_or(Value::Null),
+        stamps: headers
+            .get("stamps")
+            .cloned()
+            .unwrap_or_else(|| Value::Object(Map::new())),
         extra,
     };
     Ok((h, args, kwargs, embed))
@@ -516,7 +647,10 @@ fn decode_v2(headers: &Map<String, Value>, parts: Vec<Value>) -> Result<Decoded,
 
 /// Protocol v1: everything in the body dict (Celery's `proto1_to_proto2`). Headers, if any, are
 /// kept as custom headers; a "hybrid" message may carry the task name there instead.
-fn decode_v1(headers: &Map<String, Value>, body: Map<String, Value>) -> Result<Decoded, DecodeError> {
+fn decode_v1(
+    headers: &Map<String, Value>,
+    body: Map<String, Value>,
+) -> Result<Decoded, DecodeError> {
     let task = match opt_string(&body, "task")? {
         Some(t) => t,
         None => req_string(headers, "task")?,
@@ -528,19 +662,35 @@ fn decode_v1(headers: &Map<String, Value>, body: Map<String, Value>) -> Result<D
     let args = match body.get("args") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => a.clone(),
-        Some(other) => return Err(DecodeError::BodyShape(format!("args must be an array, found {}", kind(other)))),
+        Some(other) => {
+            return Err(DecodeError::BodyShape(format!(
+                "args must be an array, found {}",
+                kind(other)
+            )));
+        }
     };
     let kwargs = match body.get("kwargs") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(k)) => k.clone(),
-        Some(other) => return Err(DecodeError::BodyShape(format!("kwargs must be an object, found {}", kind(other)))),
+        Some(other) => {
+            return Err(DecodeError::BodyShape(format!(
+                "kwargs must be an object, found {}",
+                kind(other)
+            )));
+        }
     };
     let group = match opt_string(&body, "group")? {
         Some(g) => Some(g),
         None => opt_string(&body, "taskset")?,
     };
     let get = |k: &str| body.get(k).cloned().unwrap_or(Value::Null);
-    let embed = Embed { callbacks: get("callbacks"), errbacks: get("errbacks"), chain: Value::Null, chord: get("chord"), extra: Map::new() };
+    let embed = Embed {
+        callbacks: get("callbacks"),
+        errbacks: get("errbacks"),
+        chain: Value::Null,
+        chord: get("chord"),
+        extra: Map::new(),
+    };
     let h = TaskHeaders {
         lang: Some("py".into()),
         task,
@@ -637,7 +787,11 @@ fn write_repr(value: &Value, out: &mut String) {
 }
 
 fn write_str_repr(s: &str, out: &mut String) {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     out.push(quote);
     for c in s.chars() {
         match c {
@@ -649,7 +803,9 @@ fn write_str_repr(s: &str, out: &mut String) {
                 out.push('\\');
                 out.push(c);
             }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -676,8 +832,15 @@ mod tests {
     #[test]
     fn v2_decodes_and_keeps_custom_headers() {
         let body = br#"[[2, 3], {"z": 1}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#;
-        let props = json!({"delivery_info": {"exchange": "", "routing_key": "celery"}, "priority": 5});
-        let m = TaskMessage::decode(&v2_headers(), props.as_object().unwrap(), "application/json", body).unwrap();
+        let props =
+            json!({"delivery_info": {"exchange": "", "routing_key": "celery"}, "priority": 5});
+        let m = TaskMessage::decode(
+            &v2_headers(),
+            props.as_object().unwrap(),
+            "application/json",
+            body,
+        )
+        .unwrap();
         assert_eq!(m.protocol, Protocol::V2);
         assert_eq!(m.headers.task, "tasks.add");
         assert_eq!(m.args, vec![json!(2), json!(3)]);
@@ -689,7 +852,8 @@ mod tests {
 
     #[test]
     fn header_map_round_trips_in_celery_order() {
-        let body = br#"[[2, 3], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#;
+        let body =
+            br#"[[2, 3], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#;
         let h = v2_headers();
         let m = TaskMessage::decode(&h, &Map::new(), "application/json", body).unwrap();
         let again = m.header_map();
@@ -722,7 +886,10 @@ mod tests {
         let body = br#"{"task": "tasks.add", "id": "i1", "args": [2, 3], "kwargs": {"z": 1}, "retries": 2, "eta": "2026-11-26T10:23:08.062984+00:00", "expires": null, "utc": true, "callbacks": null, "errbacks": null, "timelimit": [30, null], "taskset": "g1", "chord": null}"#;
         let m = TaskMessage::decode(&Map::new(), &Map::new(), "application/json", body).unwrap();
         assert_eq!(m.protocol, Protocol::V1);
-        assert_eq!((m.headers.task.as_str(), m.headers.id.as_str()), ("tasks.add", "i1"));
+        assert_eq!(
+            (m.headers.task.as_str(), m.headers.id.as_str()),
+            ("tasks.add", "i1")
+        );
         assert_eq!(m.headers.retries, 2);
         assert_eq!(m.headers.group.as_deref(), Some("g1"));
         assert_eq!(m.headers.timelimit, [Some(30.0), None]);
@@ -730,13 +897,20 @@ mod tests {
 
     #[test]
     fn encoded_envelope_decodes_to_the_same_message() {
-        let mut m = TaskMessage::new("celeriac.test.add", "id-1", vec![json!(2), json!(3)], Map::new(), "default");
+        let mut m = TaskMessage::new(
+            "celeriac.test.add",
+            "id-1",
+            vec![json!(2), json!(3)],
+            Map::new(),
+            "default",
+        );
         m.compression = Some(Compression::Zlib);
         m.headers.eta = Some("2026-11-26T10:23:08.062984+00:00".into());
         m.properties.priority = 6;
         let env = m.to_envelope("tag-1").unwrap();
         assert_eq!(env.delivery_tag(), Some("tag-1"));
-        let back = TaskMessage::from_envelope(&Envelope::from_json(&env.to_json()).unwrap()).unwrap();
+        let back =
+            TaskMessage::from_envelope(&Envelope::from_json(&env.to_json()).unwrap()).unwrap();
         assert_eq!(back.headers.argsrepr.as_deref(), Some("[2, 3]"));
         assert_eq!(back.compression, Some(Compression::Zlib));
         assert_eq!(back.properties.delivery_tag.as_deref(), Some("tag-1"));
@@ -747,7 +921,10 @@ mod tests {
 
     #[test]
     fn repr_looks_like_python() {
-        assert_eq!(py_repr(&json!([1, "x", null, true, {"k": [1.5]}])), "[1, 'x', None, True, {'k': [1.5]}]");
+        assert_eq!(
+            py_repr(&json!([1, "x", null, true, {"k": [1.5]}])),
+            "[1, 'x', None, True, {'k': [1.5]}]"
+        );
         assert_eq!(py_repr(&json!("it's")), "\"it's\"");
         assert_eq!(py_tuple_repr(&[json!(1)]), "(1,)");
         assert_eq!(py_tuple_repr(&[json!(1), json!("a")]), "(1, 'a')");

@@ -88,7 +88,11 @@ pub struct PyException {
 impl PyException {
     /// An exception of any module and type with the given args.
     pub fn new(module: &str, exc_type: &str, args: Vec<Value>) -> Self {
-        Self { exc_type: exc_type.into(), exc_module: module.into(), exc_message: args }
+        Self {
+            exc_type: exc_type.into(),
+            exc_module: module.into(),
+            exc_message: args,
+        }
     }
 
     /// A builtin exception (`ValueError`, `TypeError`, …) with one message.
@@ -98,7 +102,11 @@ impl PyException {
 
     /// A `celery.exceptions` exception with one message.
     pub fn celery(exc_type: &str, message: impl Into<String>) -> Self {
-        Self::new("celery.exceptions", exc_type, vec![Value::String(message.into())])
+        Self::new(
+            "celery.exceptions",
+            exc_type,
+            vec![Value::String(message.into())],
+        )
     }
 
     /// `{"exc_type", "exc_message", "exc_module"}` in Celery's order.
@@ -114,13 +122,21 @@ impl PyException {
     pub fn from_value(v: &Value) -> Option<Self> {
         let m = v.as_object()?;
         let exc_type = m.get("exc_type")?.as_str()?.to_owned();
-        let exc_module = m.get("exc_module").and_then(Value::as_str).unwrap_or("builtins").to_owned();
+        let exc_module = m
+            .get("exc_module")
+            .and_then(Value::as_str)
+            .unwrap_or("builtins")
+            .to_owned();
         let exc_message = match m.get("exc_message") {
             Some(Value::Array(a)) => a.clone(),
             Some(Value::Null) | None => Vec::new(),
             Some(other) => vec![other.clone()],
         };
-        Some(Self { exc_type, exc_module, exc_message })
+        Some(Self {
+            exc_type,
+            exc_module,
+            exc_message,
+        })
     }
 
     /// `ValueError: bad value`, like the last line of a Python traceback.
@@ -148,7 +164,10 @@ pub fn task_meta_key(task_id: &str) -> String {
 
 /// An `AsyncResult` as a result tuple: `[[task_id, null], null]` (`celery/result.py` as_tuple).
 pub fn result_tuple(task_id: &str) -> Value {
-    Value::Array(vec![Value::Array(vec![Value::String(task_id.into()), Value::Null]), Value::Null])
+    Value::Array(vec![
+        Value::Array(vec![Value::String(task_id.into()), Value::Null]),
+        Value::Null,
+    ])
 }
 
 /// One `celery-task-meta-*` record.
@@ -218,15 +237,20 @@ impl ResultRecord {
             reason: e.to_string(),
         })?;
         let Value::Object(mut m) = v else {
-            return Err(DecodeError::BodyShape(format!("a result record must be an object, found {}", kind(&v))));
+            return Err(DecodeError::BodyShape(format!(
+                "a result record must be an object, found {}",
+                kind(&v)
+            )));
         };
         let text = |v: Option<Value>| match v {
             Some(Value::String(s)) => Some(s),
             _ => None,
         };
         let status = text(m.remove("status")).ok_or(DecodeError::MissingField("status"))?;
-        let status = State::parse(&status)
-            .ok_or_else(|| DecodeError::InvalidField { field: "status", reason: format!("unknown state {status}") })?;
+        let status = State::parse(&status).ok_or_else(|| DecodeError::InvalidField {
+            field: "status",
+            reason: format!("unknown state {status}"),
+        })?;
         Ok(Self {
             status,
             result: m.remove("result").unwrap_or(Value::Null),
@@ -263,10 +287,14 @@ mod tests {
     #[test]
     fn exceptions_encode_as_celery_does() {
         let e = PyException::builtin("ValueError", "bad value");
-        assert_eq!(e.to_value(), json!({"exc_type": "ValueError", "exc_message": ["bad value"], "exc_module": "builtins"}));
+        assert_eq!(
+            e.to_value(),
+            json!({"exc_type": "ValueError", "exc_message": ["bad value"], "exc_module": "builtins"})
+        );
         assert_eq!(PyException::from_value(&e.to_value()), Some(e.clone()));
         assert_eq!(e.summary(), "ValueError: bad value");
-        let started = ResultRecord::new("t", State::Started, json!({"pid": 1}), Utc::now(), Tz::UTC);
+        let started =
+            ResultRecord::new("t", State::Started, json!({"pid": 1}), Utc::now(), Tz::UTC);
         assert_eq!(started.date_done, None);
     }
 }

@@ -27,7 +27,11 @@ impl Timestamp {
         if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
             return Ok(Self::Aware(dt));
         }
-        for fmt in ["%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M%:z"] {
+        for fmt in [
+            "%Y-%m-%dT%H:%M:%S%.f%:z",
+            "%Y-%m-%d %H:%M:%S%.f%:z",
+            "%Y-%m-%dT%H:%M%:z",
+        ] {
             if let Ok(dt) = DateTime::parse_from_str(s, fmt) {
                 return Ok(Self::Aware(dt));
             }
@@ -58,7 +62,8 @@ impl Timestamp {
                     // The offset in force just before the gap: a day earlier is safely before it.
                     let day_before = *naive - chrono::Duration::hours(24);
                     let before = tz.offset_from_utc_datetime(&day_before).fix();
-                    let utc = *naive - chrono::Duration::seconds(i64::from(before.local_minus_utc()));
+                    let utc =
+                        *naive - chrono::Duration::seconds(i64::from(before.local_minus_utc()));
                     Utc.from_utc_datetime(&utc)
                 }
             },
@@ -123,7 +128,10 @@ mod tests {
         let t = Utc.with_ymd_and_hms(2026, 11, 26, 10, 23, 12).unwrap();
         assert_eq!(isoformat(t, Tz::UTC), "2026-11-26T10:23:12+00:00");
         assert_eq!(isoformat(t, Tz::Asia__Kolkata), "2026-11-26T15:53:12+05:30");
-        assert_eq!(isoformat(t, Tz::America__New_York), "2026-11-26T05:23:12-05:00");
+        assert_eq!(
+            isoformat(t, Tz::America__New_York),
+            "2026-11-26T05:23:12-05:00"
+        );
     }
 
     #[test]

@@ -15,12 +15,16 @@ use serde_json::{Map, Value};
 static RAW_ENTRIES: LazyLock<Vec<String>> = LazyLock::new(|| {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("vectors").filter_map(Result::ok) {
+    for entry in std::fs::read_dir(dir)
+        .expect("vectors")
+        .filter_map(Result::ok)
+    {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !name.starts_with("send_") {
             continue;
         }
-        let v: Value = serde_json::from_slice(&std::fs::read(entry.path()).expect("read")).expect("json");
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(entry.path()).expect("read")).expect("json");
         for m in v["messages"].as_array().into_iter().flatten() {
             if let Some(raw) = m["raw_list_entry"].as_str() {
                 out.push(raw.to_owned());
@@ -51,7 +55,8 @@ fn json_value() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         ".{0,40}".prop_map(Value::String),
     ];
     leaf.prop_recursive(4, 32, 6, |inner| {
@@ -174,7 +179,15 @@ proptest! {
 #[test]
 fn deep_nesting_is_an_error_not_a_stack_overflow() {
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    assert!(TaskMessage::decode(&Map::new(), &Map::new(), "application/json", deep.as_bytes()).is_err());
+    assert!(
+        TaskMessage::decode(
+            &Map::new(),
+            &Map::new(),
+            "application/json",
+            deep.as_bytes()
+        )
+        .is_err()
+    );
     // msgpack: 100k nested one-element arrays (0x91) around a nil.
     let mut mp = vec![0x91u8; 100_000];
     mp.push(0xc0);

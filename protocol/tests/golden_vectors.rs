@@ -54,33 +54,60 @@ fn every_send_vector_decodes_and_re_encodes_to_the_same_message() {
                 match msg.protocol {
                     Protocol::V2 => {
                         assert_eq!(Value::Array(msg.args.clone()), decoded[0], "{name}: args");
-                        assert_eq!(Value::Object(msg.kwargs.clone()), decoded[1], "{name}: kwargs");
+                        assert_eq!(
+                            Value::Object(msg.kwargs.clone()),
+                            decoded[1],
+                            "{name}: kwargs"
+                        );
                         assert_eq!(msg.embed.chain, decoded[2]["chain"], "{name}: chain");
                         assert_eq!(msg.embed.chord, decoded[2]["chord"], "{name}: chord");
-                        assert_eq!(msg.embed.callbacks, decoded[2]["callbacks"], "{name}: links");
+                        assert_eq!(
+                            msg.embed.callbacks, decoded[2]["callbacks"],
+                            "{name}: links"
+                        );
                     }
                     Protocol::V1 => {
                         assert_eq!(Value::Array(msg.args.clone()), decoded["args"], "{name}");
-                        assert_eq!(Value::String(msg.headers.task.clone()), decoded["task"], "{name}");
+                        assert_eq!(
+                            Value::String(msg.headers.task.clone()),
+                            decoded["task"],
+                            "{name}"
+                        );
                     }
                 }
             } else {
-                assert_eq!(msg.args, vec![Value::from(1), Value::from("x")], "{name}: msgpack args");
+                assert_eq!(
+                    msg.args,
+                    vec![Value::from(1), Value::from("x")],
+                    "{name}: msgpack args"
+                );
             }
 
             if msg.protocol == Protocol::V2 {
-                assert_eq!(msg.headers.task, env.headers["task"].as_str().unwrap_or_default());
+                assert_eq!(
+                    msg.headers.task,
+                    env.headers["task"].as_str().unwrap_or_default()
+                );
                 // Headers re-encode to the same map, in the same order.
                 let again = msg.header_map();
-                assert_eq!(Value::Object(again.clone()), Value::Object(env.headers.clone()), "{name}: headers");
+                assert_eq!(
+                    Value::Object(again.clone()),
+                    Value::Object(env.headers.clone()),
+                    "{name}: headers"
+                );
                 assert!(again.keys().eq(env.headers.keys()), "{name}: header order");
             }
             assert_eq!(msg.properties.priority, env.priority(), "{name}: priority");
-            assert_eq!(msg.properties.routing_key, env.routing_key(), "{name}: routing key");
+            assert_eq!(
+                msg.properties.routing_key,
+                env.routing_key(),
+                "{name}: routing key"
+            );
 
             // A full re-encode (always protocol v2) decodes back to the same task.
             let tag = msg.properties.delivery_tag.clone().unwrap_or_default();
-            let back = TaskMessage::from_envelope(&msg.to_envelope(&tag).expect("encode")).expect("decode again");
+            let back = TaskMessage::from_envelope(&msg.to_envelope(&tag).expect("encode"))
+                .expect("decode again");
             assert_eq!(back.headers.task, msg.headers.task, "{name}");
             assert_eq!(back.headers.id, msg.headers.id, "{name}");
             assert_eq!(back.headers.eta, msg.headers.eta, "{name}");
@@ -100,7 +127,10 @@ fn every_send_vector_decodes_and_re_encodes_to_the_same_message() {
 fn specific_vectors_carry_what_celery_sent() {
     let first = |name: &str| {
         let v = load(name);
-        let raw = v["messages"][0]["raw_list_entry"].as_str().unwrap_or_default().to_owned();
+        let raw = v["messages"][0]["raw_list_entry"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         TaskMessage::from_envelope(&Envelope::from_json(&raw).expect("envelope")).expect("message")
     };
     let naive = first("send_eta_naive.json");
@@ -118,11 +148,18 @@ fn specific_vectors_carry_what_celery_sent() {
     assert!(limits.headers.timelimit.iter().all(Option::is_some));
     let msgpack = first("send_serializer_msgpack.json");
     assert_eq!(msgpack.content_type, ContentType::Msgpack);
-    for (file, key) in [("send_priority_9.json", "celery\u{6}\u{16}9"), ("send_priority_5.json", "celery\u{6}\u{16}3")] {
+    for (file, key) in [
+        ("send_priority_9.json", "celery\u{6}\u{16}9"),
+        ("send_priority_5.json", "celery\u{6}\u{16}3"),
+    ] {
         let v = load(file);
         assert_eq!(v["messages"][0]["redis_key"], Value::from(key), "{file}");
         let m = first(file);
-        assert_eq!(celeriac_protocol::kombu::queue_key("celery", m.properties.priority), key, "{file}");
+        assert_eq!(
+            celeriac_protocol::kombu::queue_key("celery", m.properties.priority),
+            key,
+            "{file}"
+        );
     }
 }
 
@@ -131,8 +168,14 @@ fn result_records_decode_and_re_encode_in_celerys_layout() {
     let v = load("result_backend_redis_entries.json");
     let mut seen = 0;
     for (name, entry) in v["entries"].as_object().expect("entries") {
-        let Some(raw) = entry.get("raw").and_then(Value::as_str) else { continue };
-        if !entry["key"].as_str().unwrap_or_default().starts_with("celery-task-meta-") {
+        let Some(raw) = entry.get("raw").and_then(Value::as_str) else {
+            continue;
+        };
+        if !entry["key"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("celery-task-meta-")
+        {
             continue;
         }
         let rec = ResultRecord::from_json(raw.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -140,7 +183,12 @@ fn result_records_decode_and_re_encode_in_celerys_layout() {
         let again = rec.to_value();
         assert_eq!(again, original, "{name}");
         assert!(
-            again.as_object().map(|o| o.keys().eq(original.as_object().map(|m| m.keys()).into_iter().flatten())).unwrap_or(false),
+            again
+                .as_object()
+                .map(|o| o
+                    .keys()
+                    .eq(original.as_object().map(|m| m.keys()).into_iter().flatten()))
+                .unwrap_or(false),
             "{name}: key order"
         );
         if matches!(rec.status, State::Failure | State::Revoked) {
@@ -156,7 +204,8 @@ fn result_records_decode_and_re_encode_in_celerys_layout() {
 fn unacked_and_restore_captures_match_our_encoding() {
     let v = load("redis_unacked_while_task_runs.json");
     for (tag, entry) in v["snapshot"]["unacked"]["value"].as_object().expect("hash") {
-        let (env, ex, rk) = envelope::parse_unacked_entry(entry.as_str().unwrap_or_default()).expect("entry");
+        let (env, ex, rk) =
+            envelope::parse_unacked_entry(entry.as_str().unwrap_or_default()).expect("entry");
         assert_eq!(env.delivery_tag(), Some(tag.as_str()));
         assert_eq!((ex.as_str(), rk.as_str()), ("", "celery"));
         // Our entry built from the same envelope text parses to the same triple.
@@ -173,7 +222,8 @@ fn unacked_and_restore_captures_match_our_encoding() {
         .iter()
         .find(|c| c["cmd"][0] == "RPUSH")
         .expect("an RPUSH");
-    let restored = Envelope::from_json(rpush["cmd"][2].as_str().unwrap_or_default()).expect("envelope");
+    let restored =
+        Envelope::from_json(rpush["cmd"][2].as_str().unwrap_or_default()).expect("envelope");
     assert!(restored.redelivered());
     // Take the flags off, put them back our way: the same JSON, key order included.
     let mut original = restored.clone();
@@ -195,7 +245,8 @@ fn follow_ups_published_by_a_python_worker_decode() {
             let headers = m["headers"].as_object().cloned().unwrap_or_default();
             let props = m["properties"].as_object().cloned().unwrap_or_default();
             let body = serde_json::to_vec(&m["decoded_body"]).expect("body");
-            let msg = TaskMessage::decode(&headers, &props, "application/json", &body).expect("decode");
+            let msg =
+                TaskMessage::decode(&headers, &props, "application/json", &body).expect("decode");
             assert_eq!(msg.headers.ignore_result, Some(false));
             assert!(msg.headers.parent_id.is_some());
             n += 1;
@@ -207,33 +258,55 @@ fn follow_ups_published_by_a_python_worker_decode() {
 #[test]
 fn decode_errors_name_the_problem() {
     let v = load("send_plain_args.json");
-    let raw = v["messages"][0]["raw_list_entry"].as_str().unwrap_or_default();
+    let raw = v["messages"][0]["raw_list_entry"]
+        .as_str()
+        .unwrap_or_default();
     let mut env = Envelope::from_json(raw).expect("envelope");
     env.content_type = "application/x-python-serialize".into();
-    assert!(matches!(TaskMessage::from_envelope(&env), Err(DecodeError::Pickle(_))));
+    assert!(matches!(
+        TaskMessage::from_envelope(&env),
+        Err(DecodeError::Pickle(_))
+    ));
     env.content_type = "application/json".into();
     env.body = "%%%".into();
-    assert!(matches!(TaskMessage::from_envelope(&env), Err(DecodeError::Base64(_))));
+    assert!(matches!(
+        TaskMessage::from_envelope(&env),
+        Err(DecodeError::Base64(_))
+    ));
     env.body = envelope::base64_encode(b"{not json");
-    assert!(matches!(TaskMessage::from_envelope(&env), Err(DecodeError::Body { .. })));
+    assert!(matches!(
+        TaskMessage::from_envelope(&env),
+        Err(DecodeError::Body { .. })
+    ));
     env.body = envelope::base64_encode(b"[[], {}, {}]");
-    env.headers.insert("compression".into(), Value::from("application/x-lz4"));
-    assert!(matches!(TaskMessage::from_envelope(&env), Err(DecodeError::Compression(_))));
+    env.headers
+        .insert("compression".into(), Value::from("application/x-lz4"));
+    assert!(matches!(
+        TaskMessage::from_envelope(&env),
+        Err(DecodeError::Compression(_))
+    ));
 }
 
 #[test]
 fn copies_match_the_shared_reference() {
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/celery-wire/vectors");
     if !shared.is_dir() {
-        eprintln!("no shared reference beside this checkout ({}); the copies are the reference", shared.display());
+        eprintln!(
+            "no shared reference beside this checkout ({}); the copies are the reference",
+            shared.display()
+        );
         return;
     }
-    for entry in std::fs::read_dir(&shared).expect("shared dir").filter_map(Result::ok) {
+    for entry in std::fs::read_dir(&shared)
+        .expect("shared dir")
+        .filter_map(Result::ok)
+    {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !name.ends_with(".json") {
             continue;
         }
-        let ours = std::fs::read(vectors_dir().join(&name)).unwrap_or_else(|_| panic!("{name} is not copied"));
+        let ours = std::fs::read(vectors_dir().join(&name))
+            .unwrap_or_else(|_| panic!("{name} is not copied"));
         let theirs = std::fs::read(entry.path()).expect("shared vector");
         assert!(ours == theirs, "{name} differs from the shared reference");
     }

@@ -55,7 +55,11 @@ impl<'de> Visitor<'de> for PartsVisitor {
 }
 
 /// Binds `args`/`kwargs` to `A`, or explains why not as a Python `TypeError`.
-pub fn bind<A: DeserializeOwned>(task: &str, args: Vec<Value>, kwargs: Map<String, Value>) -> Result<A, PyError> {
+pub fn bind<A: DeserializeOwned>(
+    task: &str,
+    args: Vec<Value>,
+    kwargs: Map<String, Value>,
+) -> Result<A, PyError> {
     A::deserialize(ArgsDeserializer { args, kwargs })
         .map_err(|e| PyError::type_error(format!("{task}() {}", e.0)))
 }
@@ -94,7 +98,9 @@ struct ArgsDeserializer {
 impl ArgsDeserializer {
     fn positional_only(self, what: &str) -> Result<Value, BindError> {
         if let Some(name) = self.kwargs.keys().next() {
-            return Err(BindError(format!("got an unexpected keyword argument '{name}' ({what} takes positional arguments only)")));
+            return Err(BindError(format!(
+                "got an unexpected keyword argument '{name}' ({what} takes positional arguments only)"
+            )));
         }
         Ok(Value::Array(self.args))
     }
@@ -121,7 +127,10 @@ impl<'de> Deserializer<'de> for ArgsDeserializer {
             let mut m = Map::new();
             m.insert("args".into(), Value::Array(self.args));
             m.insert("kwargs".into(), Value::Object(self.kwargs));
-            return Value::Object(m).into_deserializer().deserialize_map(visitor).map_err(from_json);
+            return Value::Object(m)
+                .into_deserializer()
+                .deserialize_map(visitor)
+                .map_err(from_json);
         }
         if self.args.len() > fields.len() {
             return Err(BindError(format!(
@@ -137,35 +146,58 @@ impl<'de> Deserializer<'de> for ArgsDeserializer {
         }
         for (key, value) in self.kwargs {
             if bound.contains_key(&key) {
-                return Err(BindError(format!("got multiple values for argument '{key}'")));
+                return Err(BindError(format!(
+                    "got multiple values for argument '{key}'"
+                )));
             }
             if !fields.contains(&key.as_str()) {
-                return Err(BindError(format!("got an unexpected keyword argument '{key}'")));
+                return Err(BindError(format!(
+                    "got an unexpected keyword argument '{key}'"
+                )));
             }
             bound.insert(key, value);
         }
-        Value::Object(bound).deserialize_struct(name, fields, visitor).map_err(from_json)
+        Value::Object(bound)
+            .deserialize_struct(name, fields, visitor)
+            .map_err(from_json)
     }
 
     fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, BindError> {
         if let Some(name) = self.kwargs.keys().next() {
-            return Err(BindError(format!("got an unexpected keyword argument '{name}'")));
+            return Err(BindError(format!(
+                "got an unexpected keyword argument '{name}'"
+            )));
         }
         if !self.args.is_empty() {
-            return Err(BindError(format!("takes 0 positional arguments but {} were given", self.args.len())));
+            return Err(BindError(format!(
+                "takes 0 positional arguments but {} were given",
+                self.args.len()
+            )));
         }
         visitor.visit_unit()
     }
 
-    fn deserialize_unit_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, BindError> {
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, BindError> {
         self.deserialize_unit(visitor)
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, BindError> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, BindError> {
         visitor.visit_newtype_struct(self)
     }
 
-    fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, BindError> {
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, BindError> {
         let given = self.args.len();
         let args = self.positional_only("this task")?;
         if given != len {
@@ -177,15 +209,25 @@ impl<'de> Deserializer<'de> for ArgsDeserializer {
         args.deserialize_tuple(len, visitor).map_err(from_json)
     }
 
-    fn deserialize_tuple_struct<V: Visitor<'de>>(self, _name: &'static str, len: usize, visitor: V) -> Result<V::Value, BindError> {
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, BindError> {
         self.deserialize_tuple(len, visitor)
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, BindError> {
         if !self.args.is_empty() {
-            return Err(BindError(format!("takes keyword arguments only but {} positional were given", self.args.len())));
+            return Err(BindError(format!(
+                "takes keyword arguments only but {} positional were given",
+                self.args.len()
+            )));
         }
-        Value::Object(self.kwargs).deserialize_map(visitor).map_err(from_json)
+        Value::Object(self.kwargs)
+            .deserialize_map(visitor)
+            .map_err(from_json)
     }
 
     positional! {
@@ -202,7 +244,9 @@ impl<'de> Deserializer<'de> for ArgsDeserializer {
         variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, BindError> {
-        self.positional_only("this task")?.deserialize_enum(name, variants, visitor).map_err(from_json)
+        self.positional_only("this task")?
+            .deserialize_enum(name, variants, visitor)
+            .map_err(from_json)
     }
 }
 
@@ -237,17 +281,38 @@ mod tests {
         let a: Add = bind("add", vec![], kw(json!({"y": 1, "x": 4}))).unwrap();
         assert_eq!(a, Add { x: 4, y: 1 });
         let d: WithDefault = bind("retry", vec![json!(2)], Map::new()).unwrap();
-        assert_eq!(d, WithDefault { times: 2, countdown: None });
+        assert_eq!(
+            d,
+            WithDefault {
+                times: 2,
+                countdown: None
+            }
+        );
     }
 
     #[test]
     fn errors_read_like_pythons_type_errors() {
         let msg = |r: Result<Add, PyError>| r.unwrap_err().exception.summary();
-        assert_eq!(msg(bind("add", vec![json!(1)], Map::new())), "TypeError: add() missing 1 required positional argument: 'y'");
-        assert_eq!(msg(bind("add", vec![json!(1), json!(2), json!(3)], Map::new())), "TypeError: add() takes 2 positional arguments but 3 were given");
-        assert_eq!(msg(bind("add", vec![json!(1)], kw(json!({"x": 2})))), "TypeError: add() got multiple values for argument 'x'");
-        assert_eq!(msg(bind("add", vec![json!(1), json!(2)], kw(json!({"z": 2})))), "TypeError: add() got an unexpected keyword argument 'z'");
-        assert!(msg(bind("add", vec![json!("a"), json!(2)], Map::new())).starts_with("TypeError: add() got invalid arguments"));
+        assert_eq!(
+            msg(bind("add", vec![json!(1)], Map::new())),
+            "TypeError: add() missing 1 required positional argument: 'y'"
+        );
+        assert_eq!(
+            msg(bind("add", vec![json!(1), json!(2), json!(3)], Map::new())),
+            "TypeError: add() takes 2 positional arguments but 3 were given"
+        );
+        assert_eq!(
+            msg(bind("add", vec![json!(1)], kw(json!({"x": 2})))),
+            "TypeError: add() got multiple values for argument 'x'"
+        );
+        assert_eq!(
+            msg(bind("add", vec![json!(1), json!(2)], kw(json!({"z": 2})))),
+            "TypeError: add() got an unexpected keyword argument 'z'"
+        );
+        assert!(
+            msg(bind("add", vec![json!("a"), json!(2)], Map::new()))
+                .starts_with("TypeError: add() got invalid arguments")
+        );
     }
 
     #[test]

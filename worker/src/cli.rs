@@ -31,7 +31,13 @@ use crate::worker::Worker;
 )]
 pub struct Args {
     /// Broker URL: redis://[:password@]host[:port][/db] or rediss://…
-    #[arg(short = 'b', long, env = "CELERY_BROKER_URL", default_value = "redis://127.0.0.1:6379/0", hide_env_values = true)]
+    #[arg(
+        short = 'b',
+        long,
+        env = "CELERY_BROKER_URL",
+        default_value = "redis://127.0.0.1:6379/0",
+        hide_env_values = true
+    )]
     pub broker: String,
     /// Result backend URL (Redis). Without it no results are stored.
     #[arg(long, env = "CELERY_RESULT_BACKEND", hide_env_values = true)]
@@ -43,7 +49,12 @@ pub struct Args {
     #[arg(short = 'c', long, env = "CELERY_WORKER_CONCURRENCY")]
     pub concurrency: Option<usize>,
     /// Node name; %h = host name, %n = its first label, %d = its domain
-    #[arg(short = 'n', long, env = "CELERY_WORKER_HOSTNAME", default_value = "celery@%h")]
+    #[arg(
+        short = 'n',
+        long,
+        env = "CELERY_WORKER_HOSTNAME",
+        default_value = "celery@%h"
+    )]
     pub hostname: String,
     /// Messages held per concurrency slot (0 = no limit)
     #[arg(long, env = "CELERY_WORKER_PREFETCH_MULTIPLIER", default_value_t = 4)]
@@ -52,7 +63,12 @@ pub struct Args {
     #[arg(long, env = "CELERY_BROKER_VISIBILITY_TIMEOUT", default_value = "3600")]
     pub visibility_timeout: f64,
     /// DEBUG, INFO, WARNING, ERROR or CRITICAL
-    #[arg(short = 'l', long, env = "CELERY_WORKER_LOGLEVEL", default_value = "WARNING")]
+    #[arg(
+        short = 'l',
+        long,
+        env = "CELERY_WORKER_LOGLEVEL",
+        default_value = "WARNING"
+    )]
     pub loglevel: String,
     /// Seconds results are kept (0 = forever)
     #[arg(long, env = "CELERY_RESULT_EXPIRES", default_value = "86400")]
@@ -67,7 +83,11 @@ pub struct Args {
     #[arg(long, env = "CELERIAC_SHUTDOWN_TIMEOUT", default_value = "25")]
     pub shutdown_timeout: f64,
     /// Redis list where undecodable messages are set aside
-    #[arg(long, env = "CELERIAC_DEAD_LETTER_KEY", default_value = "celeriac.rejected")]
+    #[arg(
+        long,
+        env = "CELERIAC_DEAD_LETTER_KEY",
+        default_value = "celeriac.rejected"
+    )]
     pub dead_letter_key: String,
 }
 
@@ -96,7 +116,10 @@ pub enum ConfigError {
 
 fn seconds(setting: &'static str, value: f64, allow_zero: bool) -> Result<Duration, ConfigError> {
     if !value.is_finite() || value < 0.0 || (!allow_zero && value == 0.0) || value > 1e9 {
-        return Err(ConfigError::Invalid { setting, reason: format!("{value} is not a usable number of seconds") });
+        return Err(ConfigError::Invalid {
+            setting,
+            reason: format!("{value} is not a usable number of seconds"),
+        });
     }
     Ok(Duration::from_secs_f64(value))
 }
@@ -134,35 +157,66 @@ pub fn expand_hostname(pattern: &str, host: &str) -> String {
 impl Args {
     /// Validates the raw settings.
     pub fn into_config(self) -> Result<WorkerConfig, ConfigError> {
-        let broker = RedisUrl::parse(&self.broker).map_err(|source| ConfigError::Url { setting: "--broker", source })?;
+        let broker = RedisUrl::parse(&self.broker).map_err(|source| ConfigError::Url {
+            setting: "--broker",
+            source,
+        })?;
         let mut config = WorkerConfig::new(broker);
         config.result_backend = self
             .result_backend
             .filter(|s| !s.trim().is_empty())
-            .map(|s| RedisUrl::parse(&s).map_err(|source| ConfigError::Url { setting: "--result-backend", source }))
+            .map(|s| {
+                RedisUrl::parse(&s).map_err(|source| ConfigError::Url {
+                    setting: "--result-backend",
+                    source,
+                })
+            })
             .transpose()?;
-        let queues: Vec<String> = self.queues.iter().map(|q| q.trim().to_owned()).filter(|q| !q.is_empty()).collect();
+        let queues: Vec<String> = self
+            .queues
+            .iter()
+            .map(|q| q.trim().to_owned())
+            .filter(|q| !q.is_empty())
+            .collect();
         config.queues = if queues.is_empty() {
-            vec![std::env::var("CELERY_TASK_DEFAULT_QUEUE").ok().filter(|q| !q.is_empty()).unwrap_or_else(|| "celery".into())]
+            vec![
+                std::env::var("CELERY_TASK_DEFAULT_QUEUE")
+                    .ok()
+                    .filter(|q| !q.is_empty())
+                    .unwrap_or_else(|| "celery".into()),
+            ]
         } else {
             queues
         };
         if let Some(c) = self.concurrency {
             if c == 0 || c > 100_000 {
-                return Err(ConfigError::Invalid { setting: "--concurrency", reason: format!("{c} is out of range 1..=100000") });
+                return Err(ConfigError::Invalid {
+                    setting: "--concurrency",
+                    reason: format!("{c} is out of range 1..=100000"),
+                });
             }
             config.concurrency = c;
         }
         config.hostname = expand_hostname(&self.hostname, &host_name());
         config.prefetch_multiplier = self.prefetch_multiplier;
-        config.visibility_timeout = seconds("--visibility-timeout", self.visibility_timeout, false)?;
+        config.visibility_timeout =
+            seconds("--visibility-timeout", self.visibility_timeout, false)?;
         let expires = seconds("--result-expires", self.result_expires, true)?;
         config.result_expires = (!expires.is_zero()).then_some(expires);
-        config.timezone = self.timezone.parse::<Tz>().map_err(|e| ConfigError::Invalid { setting: "--timezone", reason: e.to_string() })?;
+        config.timezone = self
+            .timezone
+            .parse::<Tz>()
+            .map_err(|e| ConfigError::Invalid {
+                setting: "--timezone",
+                reason: e.to_string(),
+            })?;
         config.track_started = self.task_track_started;
         config.shutdown_timeout = seconds("--shutdown-timeout", self.shutdown_timeout, true)?;
         if self.dead_letter_key.is_empty() {
-            return Err(ConfigError::Invalid { setting: "--dead-letter-key", reason: "cannot be empty".into() });
+            return Err(ConfigError::Invalid {
+                setting: "--dead-letter-key",
+                reason: "cannot be empty".into(),
+            });
         }
         config.dead_letter_key = self.dead_letter_key;
         Ok(config)
@@ -176,7 +230,10 @@ fn log_filter(level: &str) -> Result<EnvFilter, ConfigError> {
         "WARNING" | "WARN" => "warn",
         "ERROR" | "CRITICAL" | "FATAL" => "error",
         other => {
-            return Err(ConfigError::Invalid { setting: "--loglevel", reason: format!("unknown level {other}") });
+            return Err(ConfigError::Invalid {
+                setting: "--loglevel",
+                reason: format!("unknown level {other}"),
+            });
         }
     };
     Ok(EnvFilter::new(directive))
@@ -185,7 +242,10 @@ fn log_filter(level: &str) -> Result<EnvFilter, ConfigError> {
 /// Maps the first SIGTERM/SIGINT to a graceful shutdown and the second to an immediate exit
 /// (messages still unacked are restored by the visibility timeout, by any worker).
 async fn watch_signals(shutdown: CancellationToken) {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         error!("cannot install signal handlers");
         return;
     };
@@ -233,7 +293,10 @@ pub fn main(tasks: RegistryBuilder) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!("cannot start the async runtime: {e}");
@@ -260,8 +323,14 @@ mod tests {
 
     #[test]
     fn hostname_patterns_expand_like_celery() {
-        assert_eq!(expand_hostname("w1@%h", "box.example.com"), "w1@box.example.com");
-        assert_eq!(expand_hostname("%n-%d", "box.example.com"), "box-example.com");
+        assert_eq!(
+            expand_hostname("w1@%h", "box.example.com"),
+            "w1@box.example.com"
+        );
+        assert_eq!(
+            expand_hostname("%n-%d", "box.example.com"),
+            "box-example.com"
+        );
         assert_eq!(expand_hostname("a%%b%x", "h"), "a%b%x");
     }
 
@@ -270,13 +339,16 @@ mod tests {
         let parse = |extra: &[&str]| {
             let mut argv = vec!["celeriac-worker"];
             argv.extend_from_slice(extra);
-            Args::try_parse_from(argv).expect("flags parse").into_config()
+            Args::try_parse_from(argv)
+                .expect("flags parse")
+                .into_config()
         };
         assert!(parse(&["--broker", "amqp://x"]).is_err());
         assert!(parse(&["--visibility-timeout", "0"]).is_err());
         assert!(parse(&["--timezone", "Mars/Olympus"]).is_err());
         assert!(parse(&["--concurrency", "0"]).is_err());
-        let ok = parse(&["-Q", "default, media", "-c", "8", "--result-expires", "0"]).expect("valid");
+        let ok =
+            parse(&["-Q", "default, media", "-c", "8", "--result-expires", "0"]).expect("valid");
         assert_eq!(ok.queues, ["default", "media"]);
         assert_eq!(ok.prefetch_limit(), 32);
         assert_eq!(ok.result_expires, None);

@@ -49,7 +49,9 @@ impl WorkerConfig {
             broker,
             result_backend: None,
             queues: vec!["celery".into()],
-            concurrency: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            concurrency: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             prefetch_multiplier: 4,
             hostname: format!("celery@{}", crate::cli::host_name()),
             visibility_timeout: Duration::from_secs(3600),
@@ -66,7 +68,10 @@ impl WorkerConfig {
     pub fn prefetch_limit(&self) -> usize {
         match self.prefetch_multiplier {
             0 => UNLIMITED_PREFETCH,
-            m => self.concurrency.saturating_mul(m).clamp(1, UNLIMITED_PREFETCH),
+            m => self
+                .concurrency
+                .saturating_mul(m)
+                .clamp(1, UNLIMITED_PREFETCH),
         }
     }
 }

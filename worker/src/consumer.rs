@@ -33,7 +33,9 @@ pub(crate) async fn run(shared: Arc<Shared>, prefetch: Arc<Semaphore>, jobs: Tas
             permits.push(p);
         }
         // Kombu rotates the queue order after each delivery (round robin).
-        let order: Vec<String> = (0..queues.len()).map(|i| queues[(rotation + i) % queues.len()].clone()).collect();
+        let order: Vec<String> = (0..queues.len())
+            .map(|i| queues[(rotation + i) % queues.len()].clone())
+            .collect();
 
         let fetched = match shared.broker.fetch(&order, permits.len()).await {
             Ok(batch) if batch.is_empty() => {
@@ -41,14 +43,20 @@ pub(crate) async fn run(shared: Arc<Shared>, prefetch: Arc<Semaphore>, jobs: Tas
                 if shared.stop.is_cancelled() {
                     break;
                 }
-                shared.broker.wait(&order).await.map(|d| d.into_iter().collect::<Vec<_>>())
+                shared
+                    .broker
+                    .wait(&order)
+                    .await
+                    .map(|d| d.into_iter().collect::<Vec<_>>())
             }
             other => other,
         };
         match fetched {
             Ok(batch) => {
                 if failures > 0 {
-                    info!("broker connection restored after {failures} failed attempts; consuming again");
+                    info!(
+                        "broker connection restored after {failures} failed attempts; consuming again"
+                    );
                     failures = 0;
                 }
                 rotation = rotation.wrapping_add(batch.len());
@@ -71,7 +79,12 @@ pub(crate) async fn run(shared: Arc<Shared>, prefetch: Arc<Semaphore>, jobs: Tas
     }
 }
 
-fn dispatch(shared: &Arc<Shared>, jobs: &TaskTracker, delivery: Delivery, permit: OwnedSemaphorePermit) {
+fn dispatch(
+    shared: &Arc<Shared>,
+    jobs: &TaskTracker,
+    delivery: Delivery,
+    permit: OwnedSemaphorePermit,
+) {
     let Delivery { raw, queue, state } = delivery;
     match state {
         DeliveryState::DeadLettered => {
@@ -87,8 +100,19 @@ fn dispatch(shared: &Arc<Shared>, jobs: &TaskTracker, delivery: Delivery, permit
             Ok(text) => {
                 let raw: Arc<str> = text.into();
                 let queue: Arc<str> = queue.into();
-                shared.inflight.insert(tag.clone(), Held { raw: raw.clone(), queue: queue.clone() });
-                let job = Job { tag, raw, queue, prefetch: Some(permit) };
+                shared.inflight.insert(
+                    tag.clone(),
+                    Held {
+                        raw: raw.clone(),
+                        queue: queue.clone(),
+                    },
+                );
+                let job = Job {
+                    tag,
+                    raw,
+                    queue,
+                    prefetch: Some(permit),
+                };
                 jobs.spawn(job::process(shared.clone(), job));
             }
             Err(e) => {
@@ -109,5 +133,9 @@ fn preview(raw: &[u8]) -> String {
     while !raw.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{:?}{}", &raw[..end], if end < raw.len() { "…" } else { "" })
+    format!(
+        "{:?}{}",
+        &raw[..end],
+        if end < raw.len() { "…" } else { "" }
+    )
 }

@@ -36,14 +36,22 @@ pub(crate) async fn process(shared: Arc<Shared>, mut job: Job) {
     let msg = match Envelope::from_json(&job.raw).and_then(|env| TaskMessage::from_envelope(&env)) {
         Ok(msg) => msg,
         Err(e) => {
-            set_aside(&shared, &job.tag, job.raw.as_bytes(), &job.queue, &e.to_string()).await;
+            set_aside(
+                &shared,
+                &job.tag,
+                job.raw.as_bytes(),
+                &job.queue,
+                &e.to_string(),
+            )
+            .await;
             return;
         }
     };
     let name = msg.display_name().to_owned();
     let id = msg.headers.id.clone();
     info!("Task {name}[{id}] received");
-    metrics::counter!("celeriac_messages_received_total", "queue" => job.queue.to_string()).increment(1);
+    metrics::counter!("celeriac_messages_received_total", "queue" => job.queue.to_string())
+        .increment(1);
 
     let Some(task) = shared.registry.get(&msg.headers.task).cloned() else {
         error!(
@@ -51,7 +59,15 @@ pub(crate) async fn process(shared: Arc<Shared>, mut job: Job) {
             msg.headers.task, job.queue
         );
         let exc = PyException::celery("NotRegistered", msg.headers.task.clone());
-        let store = record(&shared, &msg, None, State::Failure, exc.to_value(), None, Vec::new());
+        let store = record(
+            &shared,
+            &msg,
+            None,
+            State::Failure,
+            exc.to_value(),
+            None,
+            Vec::new(),
+        );
         count(&msg.headers.task, "not_registered");
         settle(&shared, &mut job, store);
         return;
@@ -96,10 +112,24 @@ pub(crate) async fn process(shared: Arc<Shared>, mut job: Job) {
     let ignore = ignores_result(&msg, &task);
     if (shared.config.track_started || task.options().track_started) && !ignore {
         let started = json!({"pid": std::process::id(), "hostname": shared.config.hostname});
-        if let Some(store) = record(&shared, &msg, Some(&task), State::Started, started, None, Vec::new()) {
+        if let Some(store) = record(
+            &shared,
+            &msg,
+            Some(&task),
+            State::Started,
+            started,
+            None,
+            Vec::new(),
+        ) {
             if let Some(backend) = &shared.backend {
                 let batch = [store];
-                let _ = until_ok("storing STARTED", shared.config.reconnect, &shared.abort, || backend.store(&batch)).await;
+                let _ = until_ok(
+                    "storing STARTED",
+                    shared.config.reconnect,
+                    &shared.abort,
+                    || backend.store(&batch),
+                )
+                .await;
             }
         }
     }
@@ -119,9 +149,20 @@ pub(crate) async fn process(shared: Arc<Shared>, mut job: Job) {
 
     match outcome {
         Ok(value) => {
-            info!("Task {name}[{id}] succeeded in {:.6}s: {value}", runtime.as_secs_f64());
+            info!(
+                "Task {name}[{id}] succeeded in {:.6}s: {value}",
+                runtime.as_secs_f64()
+            );
             count(task.name(), "success");
-            let store = record(&shared, &msg, Some(&task), State::Success, value, None, Vec::new());
+            let store = record(
+                &shared,
+                &msg,
+                Some(&task),
+                State::Success,
+                value,
+                None,
+                Vec::new(),
+            );
             settle(&shared, &mut job, store);
         }
         Err(TaskError::Failed(e)) => fail(&shared, &mut job, &msg, &task, &name, e, runtime),
@@ -131,39 +172,91 @@ pub(crate) async fn process(shared: Arc<Shared>, mut job: Job) {
 }
 
 /// Celery's `Reject`: requeue behind the waiting messages, or fail with `Reject`.
-async fn reject(shared: &Shared, job: &mut Job, msg: &TaskMessage, task: &Arc<RegisteredTask>, name: &str, e: TaskError) {
-    let TaskError::Reject { reason, requeue } = e else { return };
-    warn!("Task {name}[{}] reject requeue={}: {}", msg.headers.id, if requeue { "True" } else { "False" }, reason.as_deref().unwrap_or(""));
+async fn reject(
+    shared: &Shared,
+    job: &mut Job,
+    msg: &TaskMessage,
+    task: &Arc<RegisteredTask>,
+    name: &str,
+    e: TaskError,
+) {
+    let TaskError::Reject { reason, requeue } = e else {
+        return;
+    };
+    warn!(
+        "Task {name}[{}] reject requeue={}: {}",
+        msg.headers.id,
+        if requeue { "True" } else { "False" },
+        reason.as_deref().unwrap_or("")
+    );
     count(task.name(), "rejected");
     if requeue {
-        let moved = until_ok("requeueing a rejected message", shared.config.reconnect, &shared.abort, || {
-            shared.broker.requeue(&job.tag, &job.raw, &job.queue, true)
-        })
+        let moved = until_ok(
+            "requeueing a rejected message",
+            shared.config.reconnect,
+            &shared.abort,
+            || shared.broker.requeue(&job.tag, &job.raw, &job.queue, true),
+        )
         .await;
         if moved.is_some() {
             shared.inflight.remove(&job.tag);
         }
         return;
     }
-    let exc = PyException::new("celery.exceptions", "Reject", vec![reason.map_or(Value::Null, Value::String), Value::Bool(false)]);
-    let store = record(shared, msg, Some(task), State::Failure, exc.to_value(), None, Vec::new());
+    let exc = PyException::new(
+        "celery.exceptions",
+        "Reject",
+        vec![
+            reason.map_or(Value::Null, Value::String),
+            Value::Bool(false),
+        ],
+    );
+    let store = record(
+        shared,
+        msg,
+        Some(task),
+        State::Failure,
+        exc.to_value(),
+        None,
+        Vec::new(),
+    );
     settle(shared, job, store);
 }
 
-async fn execute(msg: &TaskMessage, task: &Arc<RegisteredTask>, request: Arc<Request>) -> Result<Value, TaskError> {
-    let call = task.call(TaskContext::new(request), msg.args.clone(), msg.kwargs.clone());
+async fn execute(
+    msg: &TaskMessage,
+    task: &Arc<RegisteredTask>,
+    request: Arc<Request>,
+) -> Result<Value, TaskError> {
+    let call = task.call(
+        TaskContext::new(request),
+        msg.args.clone(),
+        msg.kwargs.clone(),
+    );
     let guarded = AssertUnwindSafe(call).catch_unwind();
-    let limit = msg.headers.timelimit[0].map(Duration::from_secs_f64).or(task.options().time_limit);
+    let limit = msg.headers.timelimit[0]
+        .map(Duration::from_secs_f64)
+        .or(task.options().time_limit);
     let result = match limit {
         Some(limit) => match tokio::time::timeout(limit, guarded).await {
             Ok(r) => r,
             Err(_) => {
                 // Celery's hard limit: billiard's TimeLimitExceeded with the limit in seconds.
                 let secs = limit.as_secs_f64();
-                let arg = if secs.fract() == 0.0 { json!(secs as u64) } else { json!(secs) };
+                let arg = if secs.fract() == 0.0 {
+                    json!(secs as u64)
+                } else {
+                    json!(secs)
+                };
                 let exc = PyException::new("billiard.exceptions", "TimeLimitExceeded", vec![arg]);
-                error!("Hard time limit ({secs}s) exceeded for {}[{}]", msg.headers.task, msg.headers.id);
-                return Err(TaskError::Failed(PyError { exception: exc, traceback: None }));
+                error!(
+                    "Hard time limit ({secs}s) exceeded for {}[{}]",
+                    msg.headers.task, msg.headers.id
+                );
+                return Err(TaskError::Failed(PyError {
+                    exception: exc,
+                    traceback: None,
+                }));
             }
         },
         None => guarded.await,
@@ -174,7 +267,9 @@ async fn execute(msg: &TaskMessage, task: &Arc<RegisteredTask>, request: Arc<Req
             .map(|s| (*s).to_owned())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
-        Err(TaskError::Failed(PyError::runtime_error(format!("handler panicked: {text}"))))
+        Err(TaskError::Failed(PyError::runtime_error(format!(
+            "handler panicked: {text}"
+        ))))
     })
 }
 
@@ -187,12 +282,25 @@ fn fail(
     e: PyError,
     runtime: Duration,
 ) {
-    error!("Task {name}[{}] raised unexpected: {e} (after {:.6}s)", msg.headers.id, runtime.as_secs_f64());
+    error!(
+        "Task {name}[{}] raised unexpected: {e} (after {:.6}s)",
+        msg.headers.id,
+        runtime.as_secs_f64()
+    );
     count(task.name(), "failure");
     let traceback = e.traceback.clone().or_else(|| {
-        (e.exception.exc_module != "billiard.exceptions").then(|| traceback_text(shared, msg, &e.exception))
+        (e.exception.exc_module != "billiard.exceptions")
+            .then(|| traceback_text(shared, msg, &e.exception))
     });
-    let store = record(shared, msg, Some(task), State::Failure, e.exception.to_value(), traceback, Vec::new());
+    let store = record(
+        shared,
+        msg,
+        Some(task),
+        State::Failure,
+        e.exception.to_value(),
+        traceback,
+        Vec::new(),
+    );
     settle(shared, job, store);
 }
 
@@ -208,7 +316,7 @@ async fn retry(
     let id = &msg.headers.id;
     let max = r.max_retries.unwrap_or(task.options().max_retries);
     if max.is_some_and(|max| msg.headers.retries >= max) {
-        let exc = r.exc.unwrap_or_else(|| {
+        let exc = r.exc.map(|e| *e).unwrap_or_else(|| {
             PyError::celery(
                 "MaxRetriesExceededError",
                 format!(
@@ -227,18 +335,32 @@ async fn retry(
         let delay = r.countdown.unwrap_or(task.options().default_retry_delay);
         now + chrono::Duration::from_std(delay).unwrap_or_default()
     });
-    let when = r.countdown.map_or_else(|| isoformat(eta, shared.config.timezone), |d| format!("{}s", seconds_text(d)));
+    let when = r.countdown.map_or_else(
+        || isoformat(eta, shared.config.timezone),
+        |d| format!("{}s", seconds_text(d)),
+    );
     let next = retry_message(shared, msg, &job.queue, eta, now);
     let envelope = match next.to_envelope(&uuid::Uuid::new_v4().to_string()) {
         Ok(env) => env,
         Err(e) => {
-            fail(shared, job, msg, task, name, PyError::new("kombu.exceptions", "EncodeError", e.to_string()), runtime);
+            fail(
+                shared,
+                job,
+                msg,
+                task,
+                name,
+                PyError::new("kombu.exceptions", "EncodeError", e.to_string()),
+                runtime,
+            );
             return;
         }
     };
-    let published = until_ok("publishing a retry", shared.config.reconnect, &shared.abort, || {
-        shared.broker.publish(&job.queue, &envelope)
-    })
+    let published = until_ok(
+        "publishing a retry",
+        shared.config.reconnect,
+        &shared.abort,
+        || shared.broker.publish(&job.queue, &envelope),
+    )
     .await;
     if published.is_none() {
         return; // shutting down: the original message is handed back instead
@@ -250,13 +372,27 @@ async fn retry(
         msg.headers.task, shared.config.hostname
     );
     let result = r.exc.map_or(Value::Null, |e| e.exception.to_value());
-    let store = record(shared, msg, Some(task), State::Retry, result, Some(traceback), vec![result_tuple(id)]);
+    let store = record(
+        shared,
+        msg,
+        Some(task),
+        State::Retry,
+        result,
+        Some(traceback),
+        vec![result_tuple(id)],
+    );
     settle(shared, job, store);
 }
 
 /// The message Celery's `Task.retry` publishes: same id, args and options, `retries + 1`,
 /// an aware `eta`, and the original origin (also as a property).
-fn retry_message(shared: &Shared, msg: &TaskMessage, queue: &str, eta: DateTime<Utc>, now: DateTime<Utc>) -> TaskMessage {
+fn retry_message(
+    shared: &Shared,
+    msg: &TaskMessage,
+    queue: &str,
+    eta: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> TaskMessage {
     let tz = shared.config.timezone;
     let mut next = msg.clone();
     next.protocol = Protocol::V2;
@@ -284,19 +420,42 @@ fn retry_message(shared: &Shared, msg: &TaskMessage, queue: &str, eta: DateTime<
     if p.routing_key.is_empty() {
         p.routing_key = queue.to_owned();
     }
-    p.extra.insert("origin".into(), origin.map_or(Value::Null, Value::String));
-    p.expiration = msg.headers.expires.as_deref().and_then(|e| Timestamp::parse(e).ok()).map(|exp| {
-        let ms = (exp.to_utc(tz) - now).num_milliseconds().max(0);
-        ms.to_string()
-    });
+    p.extra
+        .insert("origin".into(), origin.map_or(Value::Null, Value::String));
+    p.expiration = msg
+        .headers
+        .expires
+        .as_deref()
+        .and_then(|e| Timestamp::parse(e).ok())
+        .map(|exp| {
+            let ms = (exp.to_utc(tz) - now).num_milliseconds().max(0);
+            ms.to_string()
+        });
     next
 }
 
-fn discard_expired(shared: &Shared, job: &mut Job, msg: &TaskMessage, task: &Arc<RegisteredTask>, name: &str) {
-    info!("Discarding revoked task: {name}[{}] (expired)", msg.headers.id);
+fn discard_expired(
+    shared: &Shared,
+    job: &mut Job,
+    msg: &TaskMessage,
+    task: &Arc<RegisteredTask>,
+    name: &str,
+) {
+    info!(
+        "Discarding revoked task: {name}[{}] (expired)",
+        msg.headers.id
+    );
     count(task.name(), "expired");
     let exc = PyException::celery("TaskRevokedError", "expired");
-    let store = record(shared, msg, Some(task), State::Revoked, exc.to_value(), None, Vec::new());
+    let store = record(
+        shared,
+        msg,
+        Some(task),
+        State::Revoked,
+        exc.to_value(),
+        None,
+        Vec::new(),
+    );
     settle(shared, job, store);
 }
 
@@ -309,11 +468,17 @@ fn expired(shared: &Shared, msg: &TaskMessage) -> bool {
 }
 
 fn eta(shared: &Shared, msg: &TaskMessage) -> Option<DateTime<Utc>> {
-    msg.headers.eta.as_deref().and_then(|e| Timestamp::parse(e).ok()).map(|t| t.to_utc(shared.config.timezone))
+    msg.headers
+        .eta
+        .as_deref()
+        .and_then(|e| Timestamp::parse(e).ok())
+        .map(|t| t.to_utc(shared.config.timezone))
 }
 
 fn ignores_result(msg: &TaskMessage, task: &RegisteredTask) -> bool {
-    msg.headers.ignore_result.unwrap_or(task.options().ignore_result)
+    msg.headers
+        .ignore_result
+        .unwrap_or(task.options().ignore_result)
 }
 
 /// The record to store, or `None` when results are off for this message.
@@ -334,16 +499,30 @@ fn record(
     if ignore {
         return None;
     }
-    let mut rec = ResultRecord::new(&msg.headers.id, status, result, Utc::now(), shared.config.timezone);
+    let mut rec = ResultRecord::new(
+        &msg.headers.id,
+        status,
+        result,
+        Utc::now(),
+        shared.config.timezone,
+    );
     rec.traceback = traceback;
     rec.children = children;
     rec.group_id = msg.headers.group.clone();
     rec.parent_id = msg.headers.parent_id.clone();
-    Some(StoreRequest { task_id: msg.headers.id.clone(), record: rec.to_json(), ttl: shared.config.result_expires })
+    Some(StoreRequest {
+        task_id: msg.headers.id.clone(),
+        record: rec.to_json(),
+        ttl: shared.config.result_expires,
+    })
 }
 
 fn settle(shared: &Shared, job: &mut Job, store: Option<StoreRequest>) {
-    shared.settler.send(Settlement { store, tag: job.tag.clone(), permit: job.prefetch.take() });
+    shared.settler.send(Settlement {
+        store,
+        tag: job.tag.clone(),
+        permit: job.prefetch.take(),
+    });
 }
 
 fn request_of(shared: &Shared, msg: &TaskMessage, job: &Job) -> Request {
@@ -365,7 +544,11 @@ fn request_of(shared: &Shared, msg: &TaskMessage, job: &Job) -> Request {
                 msg.properties.routing_key.clone()
             },
             priority: msg.properties.priority,
-            redelivered: msg.properties.redelivered || h.extra.get("redelivered").and_then(Value::as_bool).unwrap_or(false),
+            redelivered: msg.properties.redelivered
+                || h.extra
+                    .get("redelivered")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
         },
         eta: h.eta.clone(),
         expires: h.expires.clone(),
@@ -378,7 +561,11 @@ fn request_of(shared: &Shared, msg: &TaskMessage, job: &Job) -> Request {
 }
 
 fn traceback_text(shared: &Shared, msg: &TaskMessage, exc: &PyException) -> String {
-    let module = if exc.exc_module == "builtins" { String::new() } else { format!("{}.", exc.exc_module) };
+    let module = if exc.exc_module == "builtins" {
+        String::new()
+    } else {
+        format!("{}.", exc.exc_module)
+    };
     format!(
         "Traceback (most recent call last):\n  Rust handler of {}[{}] on {}\n{module}{}\n",
         msg.headers.task,
@@ -390,11 +577,16 @@ fn traceback_text(shared: &Shared, msg: &TaskMessage, exc: &PyException) -> Stri
 
 fn seconds_text(d: Duration) -> String {
     let s = d.as_secs_f64();
-    if s.fract() == 0.0 { format!("{}", s as u64) } else { format!("{s}") }
+    if s.fract() == 0.0 {
+        format!("{}", s as u64)
+    } else {
+        format!("{s}")
+    }
 }
 
 fn count(task: &str, outcome: &'static str) {
-    metrics::counter!("celeriac_tasks_total", "task" => task.to_owned(), "outcome" => outcome).increment(1);
+    metrics::counter!("celeriac_tasks_total", "task" => task.to_owned(), "outcome" => outcome)
+        .increment(1);
 }
 
 /// Sets an undecodable message aside on the dead-letter list; it is never executed.
@@ -405,10 +597,14 @@ pub(crate) async fn set_aside(shared: &Shared, tag: &str, raw: &[u8], queue: &st
         "Received an invalid message, set aside on the list '{}' and not executed: {reason}",
         shared.config.dead_letter_key
     );
-    metrics::counter!("celeriac_messages_set_aside_total", "queue" => queue.to_owned()).increment(1);
-    let done = until_ok("setting a message aside", shared.config.reconnect, &shared.abort, || {
-        shared.broker.dead_letter(Some(tag), raw, queue, reason)
-    })
+    metrics::counter!("celeriac_messages_set_aside_total", "queue" => queue.to_owned())
+        .increment(1);
+    let done = until_ok(
+        "setting a message aside",
+        shared.config.reconnect,
+        &shared.abort,
+        || shared.broker.dead_letter(Some(tag), raw, queue, reason),
+    )
     .await;
     if done.is_some() {
         shared.inflight.remove(tag);
@@ -417,10 +613,17 @@ pub(crate) async fn set_aside(shared: &Shared, tag: &str, raw: &[u8], queue: &st
 
 /// Puts a message we will not run back at the front of its queue (shutdown), retrying until
 /// `give_up` fires.
-pub(crate) async fn hand_back_until(shared: &Shared, job: &Job, give_up: &tokio_util::sync::CancellationToken) -> bool {
-    let moved = until_ok("handing a message back", shared.config.reconnect, give_up, || {
-        shared.broker.requeue(&job.tag, &job.raw, &job.queue, false)
-    })
+pub(crate) async fn hand_back_until(
+    shared: &Shared,
+    job: &Job,
+    give_up: &tokio_util::sync::CancellationToken,
+) -> bool {
+    let moved = until_ok(
+        "handing a message back",
+        shared.config.reconnect,
+        give_up,
+        || shared.broker.requeue(&job.tag, &job.raw, &job.queue, false),
+    )
     .await;
     if moved.is_some() {
         shared.inflight.remove(&job.tag);

@@ -17,8 +17,10 @@ use crate::worker::Shared;
 
 /// The two periods for a visibility timeout.
 pub(crate) fn periods(visibility_timeout: Duration) -> (Duration, Duration) {
-    let refresh = (visibility_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
-    let restore = (visibility_timeout / 2).clamp(Duration::from_millis(500), Duration::from_secs(60));
+    let refresh =
+        (visibility_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let restore =
+        (visibility_timeout / 2).clamp(Duration::from_millis(500), Duration::from_secs(60));
     (refresh, restore)
 }
 
@@ -56,8 +58,17 @@ mod tests {
 
     #[test]
     fn refresh_runs_well_inside_the_visibility_timeout() {
-        assert_eq!(periods(Duration::from_secs(3600)), (Duration::from_secs(60), Duration::from_secs(60)));
-        assert_eq!(periods(Duration::from_secs(4)), (Duration::from_secs(1), Duration::from_secs(2)));
-        assert_eq!(periods(Duration::from_millis(200)).0, Duration::from_millis(100));
+        assert_eq!(
+            periods(Duration::from_secs(3600)),
+            (Duration::from_secs(60), Duration::from_secs(60))
+        );
+        assert_eq!(
+            periods(Duration::from_secs(4)),
+            (Duration::from_secs(1), Duration::from_secs(2))
+        );
+        assert_eq!(
+            periods(Duration::from_millis(200)).0,
+            Duration::from_millis(100)
+        );
     }
 }

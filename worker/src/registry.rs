@@ -84,7 +84,13 @@ impl TaskOptions {
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Value, TaskError>> + Send>>;
 
 trait ErasedHandler: Send + Sync {
-    fn call(&self, ctx: TaskContext, task: &str, args: Vec<Value>, kwargs: Map<String, Value>) -> HandlerFuture;
+    fn call(
+        &self,
+        ctx: TaskContext,
+        task: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+    ) -> HandlerFuture;
 }
 
 struct FnHandler<F, A, R> {
@@ -99,7 +105,13 @@ where
     A: DeserializeOwned + Send + 'static,
     R: Serialize + Send + 'static,
 {
-    fn call(&self, ctx: TaskContext, task: &str, args: Vec<Value>, kwargs: Map<String, Value>) -> HandlerFuture {
+    fn call(
+        &self,
+        ctx: TaskContext,
+        task: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+    ) -> HandlerFuture {
         match args::bind::<A>(task, args, kwargs) {
             Err(e) => Box::pin(std::future::ready(Err(TaskError::Failed(e)))),
             Ok(bound) => {
@@ -107,7 +119,11 @@ where
                 Box::pin(async move {
                     let value = fut.await?;
                     serde_json::to_value(value).map_err(|e| {
-                        TaskError::Failed(PyError::new("kombu.exceptions", "EncodeError", e.to_string()))
+                        TaskError::Failed(PyError::new(
+                            "kombu.exceptions",
+                            "EncodeError",
+                            e.to_string(),
+                        ))
                     })
                 })
             }
@@ -124,7 +140,10 @@ pub struct RegisteredTask {
 
 impl std::fmt::Debug for RegisteredTask {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegisteredTask").field("name", &self.name).field("options", &self.options).finish()
+        f.debug_struct("RegisteredTask")
+            .field("name", &self.name)
+            .field("options", &self.options)
+            .finish()
     }
 }
 
@@ -140,7 +159,12 @@ impl RegisteredTask {
     }
 
     /// Binds the arguments and starts the handler.
-    pub fn call(&self, ctx: TaskContext, args: Vec<Value>, kwargs: Map<String, Value>) -> HandlerFuture {
+    pub fn call(
+        &self,
+        ctx: TaskContext,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+    ) -> HandlerFuture {
         self.handler.call(ctx, &self.name, args, kwargs)
     }
 }
@@ -165,7 +189,9 @@ pub struct RegistryBuilder {
 
 impl std::fmt::Debug for RegistryBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.tasks.iter().map(|t| &t.name)).finish()
+        f.debug_list()
+            .entries(self.tasks.iter().map(|t| &t.name))
+            .finish()
     }
 }
 
@@ -192,7 +218,10 @@ impl RegistryBuilder {
         self.tasks.push(RegisteredTask {
             name: name.to_owned(),
             options,
-            handler: Box::new(FnHandler { f: handler, _types: PhantomData }),
+            handler: Box::new(FnHandler {
+                f: handler,
+                _types: PhantomData,
+            }),
         });
         self
     }
@@ -248,10 +277,21 @@ mod tests {
 
     #[test]
     fn duplicates_are_a_startup_error() {
-        let err = Registry::builder().task("a", noop).task("a", noop).build().unwrap_err();
+        let err = Registry::builder()
+            .task("a", noop)
+            .task("a", noop)
+            .build()
+            .unwrap_err();
         assert_eq!(err, RegistryError::Duplicate("a".into()));
-        assert_eq!(Registry::builder().task("", noop).build().unwrap_err(), RegistryError::EmptyName);
-        let reg = Registry::builder().task("b", noop).task("a", noop).build().unwrap();
+        assert_eq!(
+            Registry::builder().task("", noop).build().unwrap_err(),
+            RegistryError::EmptyName
+        );
+        let reg = Registry::builder()
+            .task("b", noop)
+            .task("a", noop)
+            .build()
+            .unwrap();
         assert_eq!(reg.names(), ["a", "b"]);
     }
 }

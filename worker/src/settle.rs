@@ -78,14 +78,24 @@ pub(crate) fn start(
 ) -> (Settler, Pipeline) {
     let (tx, rx) = unbounded_channel();
     let (ack_tx, ack_rx) = unbounded_channel();
-    let writer = tokio::spawn(write_results(rx, backend, ack_tx, backoff, closing.clone(), give_up.clone()));
+    let writer = tokio::spawn(write_results(
+        rx,
+        backend,
+        ack_tx,
+        backoff,
+        closing.clone(),
+        give_up.clone(),
+    ));
     let acker = tokio::spawn(ack(ack_rx, broker, inflight, backoff, give_up));
     (Settler { tx }, Pipeline { writer, acker })
 }
 
 /// Receives up to `BATCH` items: waits for one, then takes whatever else is already queued.
 /// Returns `None` when the channel is empty and `closing` fired (or all senders are gone).
-async fn next_batch<T>(rx: &mut UnboundedReceiver<T>, closing: Option<&CancellationToken>) -> Option<Vec<T>> {
+async fn next_batch<T>(
+    rx: &mut UnboundedReceiver<T>,
+    closing: Option<&CancellationToken>,
+) -> Option<Vec<T>> {
     let first = match closing {
         Some(closing) => tokio::select! {
             biased;
@@ -123,10 +133,16 @@ async fn write_results(
             if let Some(store) = s.store {
                 stores.push(store);
             }
-            acks.push(Ack { tag: s.tag, _permit: s.permit });
+            acks.push(Ack {
+                tag: s.tag,
+                _permit: s.permit,
+            });
         }
         if let (Some(backend), false) = (&backend, stores.is_empty()) {
-            let stored = until_ok("storing results", backoff, &give_up, || backend.store(&stores)).await;
+            let stored = until_ok("storing results", backoff, &give_up, || {
+                backend.store(&stores)
+            })
+            .await;
             if stored.is_none() {
                 if give_up.is_cancelled() {
                     return; // shutting down without Redis: these stay unacked, to be restored
@@ -134,7 +150,12 @@ async fn write_results(
                 // A permanent error for the batch: store one by one so one bad key costs one result.
                 for one in &stores {
                     let single = std::slice::from_ref(one);
-                    if until_ok("storing a result", backoff, &give_up, || backend.store(single)).await.is_none() {
+                    if until_ok("storing a result", backoff, &give_up, || {
+                        backend.store(single)
+                    })
+                    .await
+                    .is_none()
+                    {
                         error!(task_id = %one.task_id, "result could not be stored; acking anyway");
                     }
                 }
@@ -156,7 +177,11 @@ async fn ack(
 ) {
     while let Some(batch) = next_batch(&mut rx, None).await {
         let tags: Vec<&str> = batch.iter().map(|a| a.tag.as_str()).collect();
-        if until_ok("acking messages", backoff, &give_up, || broker.ack(&tags)).await.is_none() && give_up.is_cancelled() {
+        if until_ok("acking messages", backoff, &give_up, || broker.ack(&tags))
+            .await
+            .is_none()
+            && give_up.is_cancelled()
+        {
             return;
         }
         inflight.remove_many(&tags);

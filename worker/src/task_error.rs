@@ -20,7 +20,10 @@ pub struct PyError {
 impl PyError {
     /// An exception of any module and type, with one message.
     pub fn new(module: &str, exc_type: &str, message: impl Into<String>) -> Self {
-        Self { exception: PyException::new(module, exc_type, vec![Value::String(message.into())]), traceback: None }
+        Self {
+            exception: PyException::new(module, exc_type, vec![Value::String(message.into())]),
+            traceback: None,
+        }
     }
 
     /// A builtin exception (`ValueError`, `KeyError`, …): Python clients re-raise it as itself.
@@ -88,7 +91,7 @@ impl std::error::Error for PyError {}
 pub struct Retry {
     pub(crate) countdown: Option<Duration>,
     pub(crate) eta: Option<DateTime<Utc>>,
-    pub(crate) exc: Option<PyError>,
+    pub(crate) exc: Option<Box<PyError>>,
     pub(crate) max_retries: Option<Option<u32>>,
 }
 
@@ -107,7 +110,7 @@ impl Retry {
 
     /// The exception recorded with the RETRY state, and raised if no retries are left.
     pub fn exc(mut self, exc: PyError) -> Self {
-        self.exc = Some(exc);
+        self.exc = Some(Box::new(exc));
         self
     }
 
@@ -166,7 +169,12 @@ impl fmt::Display for TaskError {
             Self::Failed(e) => write!(f, "{e}"),
             Self::Retry(_) => f.write_str("retry requested"),
             Self::Reject { reason, requeue } => {
-                write!(f, "reject requeue={}: {}", if *requeue { "True" } else { "False" }, reason.as_deref().unwrap_or(""))
+                write!(
+                    f,
+                    "reject requeue={}: {}",
+                    if *requeue { "True" } else { "False" },
+                    reason.as_deref().unwrap_or("")
+                )
             }
         }
     }

@@ -20,7 +20,11 @@ pub fn register(builder: RegistryBuilder) -> RegistryBuilder {
         .task("celeriac.test.echo", echo)
         .task("celeriac.test.sleep", sleep)
         .task("celeriac.test.fail", fail)
-        .task_with("celeriac.test.retry", TaskOptions::default().max_retries(None), retry)
+        .task_with(
+            "celeriac.test.retry",
+            TaskOptions::default().max_retries(None),
+            retry,
+        )
         .task("celeriac.test.request", request)
         .task("celeriac.test.reject", reject)
 }
@@ -31,28 +35,48 @@ struct Pair {
     y: Number,
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Add,
+    Mul,
+}
+
 /// Python-like arithmetic on JSON numbers: integers stay integers unless they overflow.
-fn arith(x: &Number, y: &Number, op: &str) -> Result<Number, TaskError> {
-    let (int, float): (fn(i64, i64) -> Option<i64>, fn(f64, f64) -> f64) = match op {
-        "+" => (i64::checked_add, |a, b| a + b),
-        _ => (i64::checked_mul, |a, b| a * b),
+fn arith(x: &Number, y: &Number, op: Op) -> Result<Number, PyError> {
+    let sign = match op {
+        Op::Add => "+",
+        Op::Mul => "*",
     };
     if let (Some(a), Some(b)) = (x.as_i64(), y.as_i64()) {
-        return int(a, b).map(Number::from).ok_or_else(|| {
-            PyError::builtin("OverflowError", format!("{a} {op} {b} does not fit in 64 bits")).into()
+        let r = match op {
+            Op::Add => a.checked_add(b),
+            Op::Mul => a.checked_mul(b),
+        };
+        return r.map(Number::from).ok_or_else(|| {
+            PyError::builtin(
+                "OverflowError",
+                format!("{a} {sign} {b} does not fit in 64 bits"),
+            )
         });
     }
-    let (a, b) = (x.as_f64().unwrap_or(f64::NAN), y.as_f64().unwrap_or(f64::NAN));
-    Number::from_f64(float(a, b))
-        .ok_or_else(|| PyError::builtin("OverflowError", format!("{a} {op} {b} is not finite")).into())
+    let (a, b) = (
+        x.as_f64().unwrap_or(f64::NAN),
+        y.as_f64().unwrap_or(f64::NAN),
+    );
+    let r = match op {
+        Op::Add => a + b,
+        Op::Mul => a * b,
+    };
+    Number::from_f64(r)
+        .ok_or_else(|| PyError::builtin("OverflowError", format!("{a} {sign} {b} is not finite")))
 }
 
 async fn add(_ctx: TaskContext, Pair { x, y }: Pair) -> Result<Number, TaskError> {
-    arith(&x, &y, "+")
+    Ok(arith(&x, &y, Op::Add)?)
 }
 
 async fn mul(_ctx: TaskContext, Pair { x, y }: Pair) -> Result<Number, TaskError> {
-    arith(&x, &y, "*")
+    Ok(arith(&x, &y, Op::Mul)?)
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,7 +85,9 @@ struct XSum {
 }
 
 async fn xsum(_ctx: TaskContext, XSum { numbers }: XSum) -> Result<Number, TaskError> {
-    numbers.iter().try_fold(Number::from(0), |acc, n| arith(&acc, n, "+"))
+    Ok(numbers
+        .iter()
+        .try_fold(Number::from(0), |acc, n| arith(&acc, n, Op::Add))?)
 }
 
 async fn echo(_ctx: TaskContext, raw: RawArgs) -> Result<Value, TaskError> {
@@ -147,5 +173,8 @@ async fn reject(ctx: TaskContext, a: RejectArgs) -> Result<bool, TaskError> {
     if a.unless_redelivered && ctx.request().delivery_info.redelivered {
         return Ok(true);
     }
-    Err(TaskError::Reject { reason: a.reason, requeue: a.requeue })
+    Err(TaskError::Reject {
+        reason: a.reason,
+        requeue: a.requeue,
+    })
 }

@@ -82,10 +82,11 @@ impl Worker {
             Ok(None) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let declared = crate::retry::until_ok("declaring queues", config.reconnect, &shutdown, || {
-            broker.declare_queues(&config.queues)
-        })
-        .await;
+        let declared =
+            crate::retry::until_ok("declaring queues", config.reconnect, &shutdown, || {
+                broker.declare_queues(&config.queues)
+            })
+            .await;
         if declared.is_none() {
             return Ok(());
         }
@@ -129,7 +130,10 @@ impl Worker {
             shared.config.hostname,
             shared.config.queues.join(", "),
             shared.broker.url(),
-            shared.backend.as_ref().map_or_else(|| "disabled".to_owned(), |b| format!("in {}", b.url())),
+            shared
+                .backend
+                .as_ref()
+                .map_or_else(|| "disabled".to_owned(), |b| format!("in {}", b.url())),
             shared.registry.names().len(),
             shared.config.concurrency,
             shared.config.prefetch_limit(),
@@ -144,14 +148,24 @@ impl Worker {
             "shutting down: unstarted messages go back to their queues; waiting up to {:?} for running tasks ({running} messages held)",
             shared.config.shutdown_timeout
         );
-        if tokio::time::timeout(shared.config.shutdown_timeout, jobs.wait()).await.is_err() {
-            warn!("shutdown timeout reached: stopping the tasks still running and handing their messages back");
+        if tokio::time::timeout(shared.config.shutdown_timeout, jobs.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                "shutdown timeout reached: stopping the tasks still running and handing their messages back"
+            );
             abort.cancel();
             jobs.wait().await;
         }
         closing.cancel();
-        if tokio::time::timeout(FLUSH_TIMEOUT, pipeline.finish()).await.is_err() {
-            warn!("results and acks could not be flushed in {FLUSH_TIMEOUT:?}; unacked messages will be restored by the visibility timeout");
+        if tokio::time::timeout(FLUSH_TIMEOUT, pipeline.finish())
+            .await
+            .is_err()
+        {
+            warn!(
+                "results and acks could not be flushed in {FLUSH_TIMEOUT:?}; unacked messages will be restored by the visibility timeout"
+            );
             give_up.cancel();
         }
         // Phase 4: whatever is still held (stopped tasks) goes back now.
@@ -166,7 +180,12 @@ impl Worker {
             giving_up.cancel();
         });
         for (tag, held) in leftovers {
-            let job = Job { tag, raw: held.raw, queue: held.queue, prefetch: None };
+            let job = Job {
+                tag,
+                raw: held.raw,
+                queue: held.queue,
+                prefetch: None,
+            };
             if !job::hand_back_until(&shared, &job, &hand_back_deadline).await {
                 warn!(tag = %job.tag, "could not hand a message back; the visibility timeout will restore it");
             }

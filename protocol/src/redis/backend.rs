@@ -6,10 +6,10 @@ use std::time::Duration;
 use redis::AsyncCommands as _;
 use redis::aio::ConnectionManager;
 
+use super::RedisClientError;
 use super::broker::manager;
 use super::scripts::STORE_RESULTS;
 use super::url::RedisUrl;
-use super::RedisClientError;
 use crate::result::{ResultRecord, task_meta_key};
 
 /// One record to store.
@@ -32,14 +32,22 @@ pub struct RedisBackend {
 
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisBackend").field("url", &self.url).finish()
+        f.debug_struct("RedisBackend")
+            .field("url", &self.url)
+            .finish()
     }
 }
 
 impl RedisBackend {
     /// Connects (one attempt: callers retry with their backoff).
-    pub async fn connect(url: &RedisUrl, response_timeout: Duration) -> Result<Self, RedisClientError> {
-        Ok(Self { conn: manager(url, response_timeout).await?, url: url.clone() })
+    pub async fn connect(
+        url: &RedisUrl,
+        response_timeout: Duration,
+    ) -> Result<Self, RedisClientError> {
+        Ok(Self {
+            conn: manager(url, response_timeout).await?,
+            url: url.clone(),
+        })
     }
 
     /// The backend URL (its `Display` hides the password).

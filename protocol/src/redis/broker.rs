@@ -13,9 +13,9 @@ use redis::{AsyncCommands as _, Value as RValue};
 use serde_json::{Map, Value};
 use tracing::warn;
 
+use super::RedisClientError;
 use super::scripts::{FETCH, RELEASE_LOCK, RESTORE};
 use super::url::{RedisUrl, UrlError};
-use super::RedisClientError;
 use crate::envelope::{self, Envelope};
 use crate::kombu;
 
@@ -89,7 +89,10 @@ pub fn dead_letter_record(reason: &str, queue: &str, worker: &str, at: f64, raw:
     record.insert("received_at".into(), Value::String(format!("{at:.6}")));
     match std::str::from_utf8(raw) {
         Ok(text) => record.insert("payload".into(), Value::String(text.into())),
-        Err(_) => record.insert("payload_base64".into(), Value::String(envelope::base64_encode(raw))),
+        Err(_) => record.insert(
+            "payload_base64".into(),
+            Value::String(envelope::base64_encode(raw)),
+        ),
     };
     Value::Object(record).to_string()
 }
@@ -105,13 +108,19 @@ pub struct RedisBroker {
 
 impl std::fmt::Debug for RedisBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisBroker").field("url", &self.url).field("opts", &self.opts).finish()
+        f.debug_struct("RedisBroker")
+            .field("url", &self.url)
+            .field("opts", &self.opts)
+            .finish()
     }
 }
 
 /// The current time as Kombu writes it into `unacked_index` (`time.time()`).
 pub(crate) fn now_unix() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 pub(crate) async fn manager(
@@ -137,7 +146,12 @@ impl RedisBroker {
     pub async fn connect(url: &RedisUrl, opts: BrokerOptions) -> Result<Self, RedisClientError> {
         let cmd = manager(url, opts.response_timeout).await?;
         let blocking = manager(url, opts.poll_timeout + opts.response_timeout).await?;
-        Ok(Self { cmd, blocking, opts, url: url.clone() })
+        Ok(Self {
+            cmd,
+            blocking,
+            opts,
+            url: url.clone(),
+        })
     }
 
     /// The settings in use.
@@ -166,17 +180,25 @@ impl RedisBroker {
 
     /// Takes up to `max` waiting messages from `queues` (in this order, all queues at each
     /// priority step before the next step) and tracks them as unacked, in one round trip.
-    pub async fn fetch(&self, queues: &[String], max: usize) -> Result<Vec<Delivery>, RedisClientError> {
+    pub async fn fetch(
+        &self,
+        queues: &[String],
+        max: usize,
+    ) -> Result<Vec<Delivery>, RedisClientError> {
         if max == 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
         let keys = kombu::poll_keys(queues);
         let mut inv = FETCH.prepare_invoke();
-        inv.key(&self.opts.unacked_key).key(&self.opts.unacked_index_key);
+        inv.key(&self.opts.unacked_key)
+            .key(&self.opts.unacked_index_key);
         for k in &keys {
             inv.key(k);
         }
-        inv.arg(max).arg(format!("{:.6}", now_unix())).arg(&self.opts.dead_letter_key).arg(&self.opts.worker_name);
+        inv.arg(max)
+            .arg(format!("{:.6}", now_unix()))
+            .arg(&self.opts.dead_letter_key)
+            .arg(&self.opts.worker_name);
         for k in &keys {
             inv.arg(kombu::queue_of_key(k));
         }
@@ -186,9 +208,19 @@ impl RedisBroker {
                 let key = idx
                     .checked_sub(1)
                     .and_then(|i| keys.get(i))
-                    .ok_or_else(|| RedisClientError::Reply(format!("fetch script returned key index {idx}")))?;
-                let state = if tag.is_empty() { DeliveryState::DeadLettered } else { DeliveryState::Tracked(tag) };
-                Ok(Delivery { raw, queue: kombu::queue_of_key(key).to_owned(), state })
+                    .ok_or_else(|| {
+                        RedisClientError::Reply(format!("fetch script returned key index {idx}"))
+                    })?;
+                let state = if tag.is_empty() {
+                    DeliveryState::DeadLettered
+                } else {
+                    DeliveryState::Tracked(tag)
+                };
+                Ok(Delivery {
+                    raw,
+                    queue: kombu::queue_of_key(key).to_owned(),
+                    state,
+                })
             })
             .collect()
     }
@@ -206,14 +238,25 @@ impl RedisBroker {
             .arg(timeout)
             .query_async(&mut self.blocking.clone())
             .await?;
-        let Some((key, raw)) = reply else { return Ok(None) };
+        let Some((key, raw)) = reply else {
+            return Ok(None);
+        };
         let queue = kombu::queue_of_key(&key).to_owned();
-        let parsed = std::str::from_utf8(&raw).ok().and_then(|text| Envelope::from_json(text).ok());
-        let tag = parsed.as_ref().and_then(|e| e.delivery_tag()).filter(|t| !t.is_empty());
+        let parsed = std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|text| Envelope::from_json(text).ok());
+        let tag = parsed
+            .as_ref()
+            .and_then(|e| e.delivery_tag())
+            .filter(|t| !t.is_empty());
         let Some(tag) = tag.map(str::to_owned) else {
             let reason = "not a Kombu envelope: invalid JSON or no properties.delivery_tag";
             self.dead_letter(None, &raw, &queue, reason).await?;
-            return Ok(Some(Delivery { raw, queue, state: DeliveryState::DeadLettered }));
+            return Ok(Some(Delivery {
+                raw,
+                queue,
+                state: DeliveryState::DeadLettered,
+            }));
         };
         let (ex, rk) = parsed
             .as_ref()
@@ -233,7 +276,11 @@ impl RedisBroker {
             let _: () = self.cmd.clone().rpush(&key, &raw).await?;
             return Ok(None);
         }
-        Ok(Some(Delivery { raw, queue, state: DeliveryState::Tracked(tag) }))
+        Ok(Some(Delivery {
+            raw,
+            queue,
+            state: DeliveryState::Tracked(tag),
+        }))
     }
 
     /// Acknowledges messages: removes them from the unacked structures (one atomic pipeline).
@@ -265,14 +312,26 @@ impl RedisBroker {
         let mut env = match Envelope::from_json(raw) {
             Ok(env) => env,
             Err(e) => {
-                self.dead_letter(Some(tag), raw.as_bytes(), queue, &format!("cannot requeue: {e}")).await?;
+                self.dead_letter(
+                    Some(tag),
+                    raw.as_bytes(),
+                    queue,
+                    &format!("cannot requeue: {e}"),
+                )
+                .await?;
                 return Ok(false);
             }
         };
         env.mark_redelivered();
         let key = kombu::queue_key(queue, env.priority());
-        self.move_back(tag, &env.to_json(), &key, if behind_others { "LPUSH" } else { "RPUSH" }, None)
-            .await
+        self.move_back(
+            tag,
+            &env.to_json(),
+            &key,
+            if behind_others { "LPUSH" } else { "RPUSH" },
+            None,
+        )
+        .await
     }
 
     async fn move_back(
@@ -307,7 +366,9 @@ impl RedisBroker {
     ) -> Result<(), RedisClientError> {
         let record = dead_letter_record(reason, queue, &self.opts.worker_name, now_unix(), raw);
         let mut pipe = redis::pipe();
-        pipe.atomic().lpush(&self.opts.dead_letter_key, record).ignore();
+        pipe.atomic()
+            .lpush(&self.opts.dead_letter_key, record)
+            .ignore();
         if let Some(tag) = tag {
             pipe.zrem(&self.opts.unacked_index_key, tag).ignore();
             pipe.hdel(&self.opts.unacked_key, tag).ignore();
@@ -386,14 +447,18 @@ impl RedisBroker {
                     Ok(parts) => parts,
                     Err(e) => {
                         let reason = format!("unacked entry cannot be restored: {e}");
-                        self.dead_letter(Some(tag), entry.as_bytes(), "", &reason).await?;
+                        self.dead_letter(Some(tag), entry.as_bytes(), "", &reason)
+                            .await?;
                         continue;
                     }
                 };
                 env.mark_redelivered();
                 let queue = self.lookup(&exchange, &routing_key).await?;
                 let key = kombu::queue_key(&queue, env.priority());
-                if self.move_back(tag, &env.to_json(), &key, "RPUSH", Some(cutoff)).await? {
+                if self
+                    .move_back(tag, &env.to_json(), &key, "RPUSH", Some(cutoff))
+                    .await?
+                {
                     restored += 1;
                     moved_this_round += 1;
                 }
@@ -411,7 +476,11 @@ impl RedisBroker {
         if exchange.is_empty() {
             return Ok(routing_key.to_owned());
         }
-        let members: Vec<String> = self.cmd.clone().smembers(kombu::binding_key(exchange)).await?;
+        let members: Vec<String> = self
+            .cmd
+            .clone()
+            .smembers(kombu::binding_key(exchange))
+            .await?;
         let queue = members
             .iter()
             .filter_map(|m| kombu::parse_binding_member(m))
@@ -444,10 +513,12 @@ mod tests {
 
     #[test]
     fn dead_letter_records_keep_the_exact_bytes() {
-        let text: Value = serde_json::from_str(&dead_letter_record("r", "q", "w", 1.5, b"{oops")).unwrap();
+        let text: Value =
+            serde_json::from_str(&dead_letter_record("r", "q", "w", 1.5, b"{oops")).unwrap();
         assert_eq!(text["payload"], "{oops");
         assert_eq!(text["received_at"], "1.500000");
-        let binary: Value = serde_json::from_str(&dead_letter_record("r", "q", "w", 0.0, b"\xff\xfe")).unwrap();
+        let binary: Value =
+            serde_json::from_str(&dead_letter_record("r", "q", "w", 0.0, b"\xff\xfe")).unwrap();
         assert_eq!(binary["payload_base64"], "//4=");
         assert!(binary.get("payload").is_none());
     }

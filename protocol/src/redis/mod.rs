@@ -37,7 +37,10 @@ impl RedisClientError {
                     || e.is_connection_dropped()
                     || e.is_timeout()
                     || e.is_connection_refusal()
-                    || matches!(e.code(), Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY"))
+                    || matches!(
+                        e.code(),
+                        Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY")
+                    )
             }
             Self::Reply(_) => false,
         }
@@ -55,7 +58,10 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { min: Duration::from_millis(100), max: Duration::from_secs(5) }
+        Self {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        }
     }
 }
 

@@ -121,7 +121,14 @@ impl RedisUrl {
         if db_from_query.is_some() && !url.scheme().contains("unix") {
             url.set_path(&format!("/{db}"));
         }
-        Ok(Self { url, db, verify, ca_certs, certfile, keyfile })
+        Ok(Self {
+            url,
+            db,
+            verify,
+            ca_certs,
+            certfile,
+            keyfile,
+        })
     }
 
     /// The database number (Kombu's fanout prefix `/{db}.` uses it).
@@ -159,9 +166,17 @@ impl RedisUrl {
             return Ok(redis::Client::open(target.as_str())?);
         }
         let read = |what: &'static str, path: &PathBuf| {
-            std::fs::read(path).map_err(|source| UrlError::Certificate { what, path: path.clone(), source })
+            std::fs::read(path).map_err(|source| UrlError::Certificate {
+                what,
+                path: path.clone(),
+                source,
+            })
         };
-        let root_cert = self.ca_certs.as_ref().map(|p| read("ssl_ca_certs", p)).transpose()?;
+        let root_cert = self
+            .ca_certs
+            .as_ref()
+            .map(|p| read("ssl_ca_certs", p))
+            .transpose()?;
         let client_tls = match (&self.certfile, &self.keyfile) {
             (Some(c), Some(k)) => Some(redis::ClientTlsConfig {
                 client_cert: read("ssl_certfile", c)?,
@@ -177,7 +192,10 @@ impl RedisUrl {
         };
         Ok(redis::Client::build_with_tls(
             target.as_str(),
-            redis::TlsCertificates { client_tls, root_cert },
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
         )?)
     }
 }
