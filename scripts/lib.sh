@@ -58,17 +58,19 @@ ensure_redis_running() {
   return 1
 }
 
-# A virtualenv with the pinned Celery of tests/requirements.txt, rebuilt when that file changes.
+# A virtualenv with the pinned packages of a requirements file, rebuilt when that file changes:
+# ensure_venv [requirements-file [venv-dir]] (default: tests/requirements.txt into $VENV).
 ensure_venv() {
-  local req="$ROOT/tests/requirements.txt" stamp="$VENV/.requirements.sha256"
-  local want; want="$(sha256sum "$req" | cut -d' ' -f1)"
-  if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return 0; fi
+  local req="${1:-$ROOT/tests/requirements.txt}" venv="${2:-$VENV}"
+  local stamp="$venv/.requirements.sha256" want
+  want="$(sha256sum "$req" | cut -d' ' -f1)"
+  if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return 0; fi
   command -v python3 >/dev/null || apt_install python3
   python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null || apt_install python3-venv
-  say "creating the Python venv at $VENV"
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$req"
+  say "creating the Python venv at $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
   echo "$want" >"$stamp"
 }
 

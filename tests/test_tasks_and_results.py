@@ -145,3 +145,11 @@ def test_request_fields(app, start_worker):
     assert req["hostname"].startswith("rs1@")
     assert req["delivery_info"] == {"exchange": "", "routing_key": "default", "priority": 3, "redelivered": False}
     assert req["eta"] is None and req["expires"].endswith("+00:00")
+
+
+def test_canvas_is_not_silently_dropped(app, start_worker):
+    """Callbacks and chains are not run yet: the task runs and the log says what was skipped."""
+    w = start_worker()
+    r = app.send_task("celeriac.test.add", args=[1, 1], link=app.signature("celeriac.test.echo"))
+    assert r.get(timeout=5) == 2
+    assert f"celeriac.test.add[{r.id}] carries link which celeriac does not run yet" in w.log()

@@ -77,6 +77,7 @@ pub(crate) async fn process(shared: Arc<Shared>, mut job: Job) {
         discard_expired(&shared, &mut job, &msg, &task, &name);
         return;
     }
+    warn_unsupported_canvas(&msg, &name);
     if let Some(eta) = eta(&shared, &msg) {
         let wait = (eta - Utc::now()).to_std().unwrap_or_default();
         if !wait.is_zero() {
@@ -473,6 +474,29 @@ fn eta(shared: &Shared, msg: &TaskMessage) -> Option<DateTime<Utc>> {
         .as_deref()
         .and_then(|e| Timestamp::parse(e).ok())
         .map(|t| t.to_utc(shared.config.timezone))
+}
+
+/// Canvas (link, link_error, chain, chord) is not implemented yet: say so instead of silently
+/// dropping the follow-up work.
+fn warn_unsupported_canvas(msg: &TaskMessage, name: &str) {
+    let e = &msg.embed;
+    let parts: Vec<&str> = [
+        ("link", &e.callbacks),
+        ("link_error", &e.errbacks),
+        ("chain", &e.chain),
+        ("chord", &e.chord),
+    ]
+    .into_iter()
+    .filter(|(_, v)| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
+    .map(|(k, _)| k)
+    .collect();
+    if !parts.is_empty() {
+        warn!(
+            "Task {name}[{}] carries {} which celeriac does not run yet; the task itself runs",
+            msg.headers.id,
+            parts.join(", ")
+        );
+    }
 }
 
 fn ignores_result(msg: &TaskMessage, task: &RegisteredTask) -> bool {
