@@ -23,7 +23,8 @@ async fn thumbnail(ctx: TaskContext, args: Thumbnail) -> Result<String, TaskErro
         // Like self.retry(countdown=5): same id, retries + 1, up to max_retries.
         return Err(ctx.retry().countdown(Duration::from_secs(5)).into());
     }
-    Ok(format!("thumbs/{}-{}.jpg", args.image_id, args.width))
+    let quality = args.quality.unwrap_or(85);
+    Ok(format!("thumbs/{}-{}-q{quality}.jpg", args.image_id, args.width))
 }
 
 fn storage_is_busy() -> bool {
@@ -35,10 +36,6 @@ fn main() -> ExitCode {
     celeriac_worker::cli::main(
         Registry::builder()
             .task("media.tasks.thumbnail", thumbnail)
-            .task_with(
-                "media.tasks.slow",
-                TaskOptions::default().max_retries(Some(10)),
-                thumbnail,
-            ),
+            .task_with("media.tasks.slow", TaskOptions::default().max_retries(Some(10)), thumbnail),
     )
 }
