@@ -24,7 +24,10 @@ async fn thumbnail(ctx: TaskContext, args: Thumbnail) -> Result<String, TaskErro
         return Err(ctx.retry().countdown(Duration::from_secs(5)).into());
     }
     let quality = args.quality.unwrap_or(85);
-    Ok(format!("thumbs/{}-{}-q{quality}.jpg", args.image_id, args.width))
+    Ok(format!(
+        "thumbs/{}-{}-q{quality}.jpg",
+        args.image_id, args.width
+    ))
 }
 
 fn storage_is_busy() -> bool {
@@ -36,6 +39,10 @@ fn main() -> ExitCode {
     celeriac_worker::cli::main(
         Registry::builder()
             .task("media.tasks.thumbnail", thumbnail)
-            .task_with("media.tasks.slow", TaskOptions::default().max_retries(Some(10)), thumbnail),
+            .task_with(
+                "media.tasks.slow",
+                TaskOptions::default().max_retries(Some(10)),
+                thumbnail,
+            ),
     )
 }
