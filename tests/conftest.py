@@ -18,6 +18,16 @@ from support import ROOT, WORKER_BIN, CeleriacWorker, PythonWorker, RedisServer,
 collect_ignore = ["bench"]
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test shows the end of every worker log it started."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for w in getattr(item, "worker_processes", []):
+            report.sections.append((f"log {w.log_path.name}", w.log()[-6000:]))
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     if not shutil.which("redis-server"):
@@ -55,8 +65,13 @@ def app(redis_server):
     app.close()
 
 
+def _register(request, proc):
+    """Remembers a worker on the test item, for the failure report."""
+    request.node.__dict__.setdefault("worker_processes", []).append(proc)
+
+
 @pytest.fixture
-def start_worker(redis_server, tmp_path):
+def start_worker(redis_server, tmp_path, request):
     """Starts celeriac-worker: start_worker("-Q", "default", ...) -> CeleriacWorker (ready)."""
     started = []
 
@@ -71,6 +86,7 @@ def start_worker(redis_server, tmp_path):
         full_env = dict(os.environ, **(env or {}))
         w = CeleriacWorker(argv, tmp_path / f"celeriac-{n}.log", env=full_env).start()
         started.append(w)
+        _register(request, w)
         if ready:
             w.wait_ready()
         return w
@@ -81,7 +97,7 @@ def start_worker(redis_server, tmp_path):
 
 
 @pytest.fixture
-def start_python_worker(redis_server, tmp_path):
+def start_python_worker(redis_server, tmp_path, request):
     """Starts a real Celery worker running tests/pyapp.py's tasks."""
     started = []
 
@@ -93,6 +109,7 @@ def start_python_worker(redis_server, tmp_path):
                 "--without-heartbeat", "--without-gossip", "--without-mingle", "-l", "INFO", *args]
         w = PythonWorker(argv, tmp_path / f"python-{n}.log", env=env, cwd=str(ROOT / "tests")).start()
         started.append(w)
+        _register(request, w)
         if ready:
             w.wait_ready(timeout=30)
         return w

@@ -65,7 +65,9 @@ def parse_args(argv):
         "time, tasks/s, peak RSS and the ratios.",
     )
     p.add_argument("--tasks", "-n", type=int, default=20000, help="messages per run (default 20000)")
-    p.add_argument("--concurrency", "-c", type=int, default=16, help="celeriac-worker --concurrency (default 16)")
+    # Throughput follows the prefetch window (concurrency x multiplier): 64 messages held give
+    # ~12k tasks/s on 2 cores, 256 ~16k (more does not help); see the sweep in the bench notes.
+    p.add_argument("--concurrency", "-c", type=int, default=64, help="celeriac-worker --concurrency (default 64)")
     p.add_argument("--prefetch-multiplier", "-m", type=int, default=4,
                    help="celeriac-worker --prefetch-multiplier (default 4)")
     p.add_argument("--loglevel", default="WARNING",
@@ -75,6 +77,8 @@ def parse_args(argv):
                    help="runs of each worker; the order alternates between rounds, medians are reported")
     p.add_argument("--only", choices=["python", "celeriac"], help="measure one worker only")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a drain may take (default 600)")
+    p.add_argument("--stall-timeout", type=float, default=60.0,
+                   help="fail when no result arrives for this long while the queue is empty (default 60)")
     p.add_argument("--ready-timeout", type=float, default=60.0,
                    help="seconds a worker may take to run its warm-up task (default 60)")
     p.add_argument("--sample-interval", type=float, default=0.05, help="RSS sampling period, s (default 0.05)")
@@ -136,13 +140,10 @@ def fill(args, r_src):
                  "ignore_result_header": h.get("ignore_result")}
 
 
-def hand_over(r_src, copy_supported):
-    """Puts the pre-filled messages on the live queue in one atomic step."""
-    if copy_supported:
-        if not r_src.copy(SRC, QUEUE, destination_db=BROKER_DB, replace=True):
-            raise BenchError("COPY bench.src bench failed")
-        return
-    raise BenchError("redis-server < 6.2 has no COPY")  # checked at start; kept for clarity
+def hand_over(r_src):
+    """Puts the pre-filled messages on the live queue in one atomic step (COPY, Redis >= 6.2)."""
+    if not r_src.copy(SRC, QUEUE, destination_db=BROKER_DB, replace=True):
+        raise BenchError(f"COPY {SRC} {QUEUE} failed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +306,7 @@ class Worker:
         return code
 
     def log_problems(self):
-        """Warning and error lines of the worker's log (Python runs at -l warning: every line)."""
+        """Warning and error lines of the worker's log, less those our own SIGTERM causes."""
         pat = re.compile(r"\b(WARN|WARNING|ERROR|CRITICAL|FATAL)\b|Traceback|panicked")
         with open(self.log_path, errors="replace") as f:
             return [line.rstrip() for line in f if pat.search(line) and not EXPECTED_LOG.search(line)]
@@ -329,7 +330,9 @@ def wait_until(cond, timeout, worker, what, interval=0.02):
 
 
 def command_stats(r):
-    return {k: v["calls"] for k, v in r.info("commandstats").items()}
+    """Calls and microseconds per command since CONFIG RESETSTAT. Commands run by a script count
+    both on their own and inside the script's EVALSHA time."""
+    return {k.removeprefix("cmdstat_"): (v["calls"], v["usec"]) for k, v in r.info("commandstats").items()}
 
 
 def redis_stats(r):
@@ -361,7 +364,7 @@ def verify(r_res, ids):
     return bad, examples, sample
 
 
-def run_one(kind, rnd, args, ids, conns, copy_supported):
+def run_one(kind, rnd, args, ids, conns):
     r_broker, r_res, r_src = conns
     n = len(ids)
     r_broker.flushdb()
@@ -394,14 +397,22 @@ def run_one(kind, rnd, args, ids, conns, copy_supported):
         reads0, _ = redis_stats(r_broker)
         sampler.start()
         t0 = time.perf_counter()
-        hand_over(r_src, copy_supported)
+        hand_over(r_src)
         last_note, done, polls = t0, 0, 0
+        last_done, last_progress = -1, t0
         while True:
             done = r_res.dbsize()
             polls += 1
             now = time.perf_counter()
             if done >= n:
                 break
+            if done != last_done:
+                last_done, last_progress = done, now
+            elif now - last_progress > args.stall_timeout and r_broker.llen(QUEUE) == 0:
+                sampler.stop()
+                raise BenchError(f"{kind} worker: results stalled at {done}/{n} for {args.stall_timeout:.0f}s with "
+                                 f"the queue empty and {r_broker.hlen('unacked')} messages unacked: results lost?\n"
+                                 + w.log_tail())
             if now - t0 > args.timeout:
                 sampler.stop()
                 raise BenchError(f"{kind} worker: drain timed out after {args.timeout:.0f}s with {done}/{n} results, "
@@ -425,10 +436,17 @@ def run_one(kind, rnd, args, ids, conns, copy_supported):
         out.update(drain_seconds=drain, tasks_per_second=n / drain, peak_rss=sampler.peak, peak_pss=sampler.peak_pss,
                    rss_samples=sampler.samples, max_processes=sampler.max_procs, vm_hwm=hwm,
                    worker_cpu_seconds=cpu1 - cpu0, redis_cpu_seconds=rcpu1 - rcpu0)
-        worker_calls = {k.removeprefix("cmdstat_"): v for k, v in stats.items()
-                        if k.removeprefix("cmdstat_") not in DRIVER_COMMANDS}
+        worker_stats = {k: v for k, v in stats.items() if k not in DRIVER_COMMANDS}
+        worker_calls = {k: calls for k, (calls, _) in worker_stats.items()}
         out["redis_calls"] = dict(sorted(worker_calls.items(), key=lambda kv: -kv[1]))
         out["redis_calls_per_task"] = sum(worker_calls.values()) / n
+        out["redis_usec"] = {k: usec for k, (_, usec) in sorted(worker_stats.items(), key=lambda kv: -kv[1][1])}
+        # Time Redis spent executing the worker's commands. Commands that our worker's Lua scripts
+        # run are counted both alone and within their EVALSHA: count them once (the few that it
+        # sends outside scripts, for a message taken by BRPOP, are left out with them).
+        in_scripts = {"rpop", "zadd", "hset", "get", "setex", "set", "publish"} if kind == "celeriac" else set()
+        busy = sum(usec for k, (_, usec) in worker_stats.items() if k not in in_scripts)
+        out["redis_exec_usec_per_task"] = busy / n
         # Socket reads Redis served, less the driver's (COPY, INFO x2, the polls): about one per
         # round trip of the worker (a pipeline arrives in one read).
         out["redis_reads_per_task"] = max(0, reads1 - reads0 - polls - 3) / n
@@ -472,7 +490,8 @@ def fmt_run(r):
         f"peak PSS {mib(r['peak_pss']):.1f} MiB)",
         f"            CPU: worker {r['worker_cpu_seconds']:.2f}s ({r['worker_cpu_seconds'] / r['drain_seconds'] * 100:.0f}% of one core), "
         f"redis {r['redis_cpu_seconds']:.2f}s; ready in {r['ready_seconds']:.2f}s; exit code {r['exit_code']}",
-        f"            redis: {r['redis_reads_per_task']:.2f} client reads (~round trips)/task, "
+        f"            redis: {r['redis_exec_usec_per_task']:.1f} us executing/task, "
+        f"{r['redis_reads_per_task']:.2f} client reads (~round trips)/task, "
         f"{r['redis_calls_per_task']:.2f} commands/task incl. in scripts: "
         + ", ".join(f"{k} {v}" for k, v in list(r["redis_calls"].items())[:8]),
         f"            results: {r['bad_results']} wrong/missing, {r['extra_result_keys']} extra keys; "
@@ -505,6 +524,7 @@ def summarize(runs, kind):
         "redis_cpu_seconds": statistics.median(r["redis_cpu_seconds"] for r in mine),
         "redis_calls_per_task": statistics.median(r["redis_calls_per_task"] for r in mine),
         "redis_reads_per_task": statistics.median(r["redis_reads_per_task"] for r in mine),
+        "redis_exec_usec_per_task": statistics.median(r["redis_exec_usec_per_task"] for r in mine),
         "command": mine[0]["command"],
     }
 
@@ -523,8 +543,7 @@ def main(argv):
     r_src = redis.Redis(port=args.port, db=SRC_DB, decode_responses=True)
     server = r_broker.info("server")
     redis_version = server["redis_version"]
-    copy_supported = tuple(int(x) for x in redis_version.split(".")[:2]) >= (6, 2)
-    if not copy_supported:
+    if tuple(int(x) for x in redis_version.split(".")[:2]) < (6, 2):
         raise BenchError(f"redis-server {redis_version} has no COPY (needs >= 6.2)")
     try:
         celeriac_version = subprocess.run([args.worker_bin, "--version"], capture_output=True, text=True,
@@ -562,7 +581,7 @@ def main(argv):
         order = kinds if rnd % 2 == 1 else kinds[::-1]
         for kind in order:
             log(f"round {rnd}: {kind} worker draining {args.tasks} tasks")
-            r = run_one(kind, rnd, args, ids, (r_broker, r_res, r_src), copy_supported)
+            r = run_one(kind, rnd, args, ids, (r_broker, r_res, r_src))
             runs.append(r)
             log(f"  {kind}: {r['drain_seconds']:.2f}s, {r['tasks_per_second']:.0f} tasks/s, "
                 f"peak RSS {mib(r['peak_rss']):.1f} MiB")

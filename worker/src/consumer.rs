@@ -17,9 +17,39 @@ use crate::worker::Shared;
 /// broker calls always run to completion so no popped message is dropped.
 pub(crate) async fn run(shared: Arc<Shared>, prefetch: Arc<Semaphore>, jobs: TaskTracker) {
     let queues = shared.config.queues.clone();
+    // Where each fetch records what it took, so a fetch whose reply is lost can be undone.
+    let transit_key = format!("celeriac.transit.{}", uuid::Uuid::new_v4().simple());
+    let mut reply_lost = false;
     let mut rotation = 0usize;
     let mut failures = 0u32;
     loop {
+        if reply_lost {
+            match shared
+                .broker
+                .recover_in_transit(&transit_key, |tag| shared.inflight.contains(tag))
+                .await
+            {
+                Ok(n) => {
+                    reply_lost = false;
+                    if n > 0 {
+                        warn!(
+                            "handed back {n} messages whose fetch reply was lost with the connection"
+                        );
+                    }
+                }
+                Err(e) => {
+                    let delay = shared.config.reconnect.delay(failures);
+                    failures = failures.saturating_add(1);
+                    warn!(error = %e, "cannot reach the broker; retrying in {delay:?}");
+                    tokio::select! {
+                        biased;
+                        () = shared.stop.cancelled() => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    continue;
+                }
+            }
+        }
         let first = tokio::select! {
             biased;
             () = shared.stop.cancelled() => break,
@@ -37,7 +67,11 @@ pub(crate) async fn run(shared: Arc<Shared>, prefetch: Arc<Semaphore>, jobs: Tas
             .map(|i| queues[(rotation + i) % queues.len()].clone())
             .collect();
 
-        let fetched = match shared.broker.fetch(&order, permits.len()).await {
+        let fetched = match shared
+            .broker
+            .fetch(&order, permits.len(), &transit_key)
+            .await
+        {
             Ok(batch) if batch.is_empty() => {
                 permits.truncate(1);
                 if shared.stop.is_cancelled() {
@@ -66,6 +100,7 @@ pub(crate) async fn run(shared: Arc<Shared>, prefetch: Arc<Semaphore>, jobs: Tas
             }
             Err(e) => {
                 drop(permits);
+                reply_lost = true;
                 let delay = shared.config.reconnect.delay(failures);
                 failures = failures.saturating_add(1);
                 warn!(error = %e, "cannot fetch from the broker; retrying in {delay:?}");

@@ -39,6 +39,10 @@ impl InFlight {
         });
     }
 
+    pub fn contains(&self, tag: &str) -> bool {
+        self.with(|m| m.contains_key(tag))
+    }
+
     pub fn tags(&self) -> Vec<String> {
         self.with(|m| m.keys().cloned().collect())
     }

@@ -180,10 +180,15 @@ impl RedisBroker {
 
     /// Takes up to `max` waiting messages from `queues` (in this order, all queues at each
     /// priority step before the next step) and tracks them as unacked, in one round trip.
+    ///
+    /// The delivery tags taken are also written to the set `transit_key` (replacing what the
+    /// previous fetch wrote there), so that if the reply is lost the caller can find them with
+    /// [`recover_in_transit`](Self::recover_in_transit).
     pub async fn fetch(
         &self,
         queues: &[String],
         max: usize,
+        transit_key: &str,
     ) -> Result<Vec<Delivery>, RedisClientError> {
         if max == 0 || queues.is_empty() {
             return Ok(Vec::new());
@@ -191,14 +196,17 @@ impl RedisBroker {
         let keys = kombu::poll_keys(queues);
         let mut inv = FETCH.prepare_invoke();
         inv.key(&self.opts.unacked_key)
-            .key(&self.opts.unacked_index_key);
+            .key(&self.opts.unacked_index_key)
+            .key(transit_key);
         for k in &keys {
             inv.key(k);
         }
+        let transit_ttl = (self.opts.visibility_timeout.as_secs() * 2).max(60);
         inv.arg(max)
             .arg(format!("{:.6}", now_unix()))
             .arg(&self.opts.dead_letter_key)
-            .arg(&self.opts.worker_name);
+            .arg(&self.opts.worker_name)
+            .arg(transit_ttl);
         for k in &keys {
             inv.arg(kombu::queue_of_key(k));
         }
@@ -437,28 +445,7 @@ impl RedisBroker {
                 .await?;
             let mut moved_this_round = 0;
             for (tag, _score) in &due {
-                let entry: Option<String> = conn.hget(&self.opts.unacked_key, tag).await?;
-                let Some(entry) = entry else {
-                    // Index entry without a message: nothing to restore, drop the stale index.
-                    let _: i64 = conn.zrem(&self.opts.unacked_index_key, tag).await?;
-                    continue;
-                };
-                let (mut env, exchange, routing_key) = match envelope::parse_unacked_entry(&entry) {
-                    Ok(parts) => parts,
-                    Err(e) => {
-                        let reason = format!("unacked entry cannot be restored: {e}");
-                        self.dead_letter(Some(tag), entry.as_bytes(), "", &reason)
-                            .await?;
-                        continue;
-                    }
-                };
-                env.mark_redelivered();
-                let queue = self.lookup(&exchange, &routing_key).await?;
-                let key = kombu::queue_key(&queue, env.priority());
-                if self
-                    .move_back(tag, &env.to_json(), &key, "RPUSH", Some(cutoff))
-                    .await?
-                {
+                if self.restore_one(tag, Some(cutoff)).await? {
                     restored += 1;
                     moved_this_round += 1;
                 }
@@ -468,6 +455,53 @@ impl RedisBroker {
             }
         }
         Ok(restored)
+    }
+
+    /// Moves one unacked message back to its queue with the `redelivered` flags, as Kombu's
+    /// `restore_by_tag` does. With a `cutoff`, only if it is still that stale. Returns whether
+    /// it moved; an entry that cannot be parsed is dead-lettered instead.
+    async fn restore_one(&self, tag: &str, cutoff: Option<f64>) -> Result<bool, RedisClientError> {
+        let mut conn = self.cmd.clone();
+        let entry: Option<String> = conn.hget(&self.opts.unacked_key, tag).await?;
+        let Some(entry) = entry else {
+            if cutoff.is_some() {
+                // Index entry without a message: nothing to restore, drop the stale index.
+                let _: i64 = conn.zrem(&self.opts.unacked_index_key, tag).await?;
+            }
+            return Ok(false);
+        };
+        let (mut env, exchange, routing_key) = match envelope::parse_unacked_entry(&entry) {
+            Ok(parts) => parts,
+            Err(e) => {
+                let reason = format!("unacked entry cannot be restored: {e}");
+                self.dead_letter(Some(tag), entry.as_bytes(), "", &reason)
+                    .await?;
+                return Ok(false);
+            }
+        };
+        env.mark_redelivered();
+        let queue = self.lookup(&exchange, &routing_key).await?;
+        let key = kombu::queue_key(&queue, env.priority());
+        self.move_back(tag, &env.to_json(), &key, "RPUSH", cutoff)
+            .await
+    }
+
+    /// Hands back what a fetch whose reply was lost (the connection died after the script ran)
+    /// took: every tag recorded under `transit_key` by that fetch that is still unacked and not
+    /// `held` by us. Without this they would wait out the visibility timeout.
+    pub async fn recover_in_transit(
+        &self,
+        transit_key: &str,
+        held: impl Fn(&str) -> bool,
+    ) -> Result<usize, RedisClientError> {
+        let tags: Vec<String> = self.cmd.clone().smembers(transit_key).await?;
+        let mut recovered = 0;
+        for tag in tags.iter().filter(|t| !held(t)) {
+            if self.restore_one(tag, None).await? {
+                recovered += 1;
+            }
+        }
+        Ok(recovered)
     }
 
     /// The queue a message published with `exchange`/`routing_key` lands in (Kombu's `_lookup`

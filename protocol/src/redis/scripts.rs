@@ -8,18 +8,23 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Takes up to `ARGV[1]` messages from the lists `KEYS[3..]`, in order, recording each in the
+/// Takes up to `ARGV[1]` messages from the lists `KEYS[4..]`, in order, recording each in the
 /// unacked hash `KEYS[1]` (value `[envelope, exchange, routing_key]`, as Kombu writes it) and the
-/// index `KEYS[2]` (score `ARGV[2]`, the delivery time). A list element that is not a Kombu
-/// envelope cannot be tracked, so it is pushed onto the dead-letter list `ARGV[3]` in the same
-/// step. `ARGV[4]` is the worker's name; `ARGV[4 + i]` is the queue of `KEYS[2 + i]`.
-/// Returns `{key_index, raw, delivery_tag or ''}` per message (`''` = dead-lettered).
+/// index `KEYS[2]` (score `ARGV[2]`, the delivery time). The tags taken replace the contents of
+/// the set `KEYS[3]` (expiring after `ARGV[5]` seconds), so a caller whose reply was lost can
+/// find what this call took. A list element that is not a Kombu envelope cannot be tracked, so
+/// it is pushed onto the dead-letter list `ARGV[3]` in the same step. `ARGV[4]` is the worker's
+/// name; `ARGV[5 + i]` is the queue of `KEYS[3 + i]`.
+/// Returns `{key_index, raw, delivery_tag or ''}` per message (`''` = dead-lettered), where
+/// `key_index` counts from 1 over `KEYS[4..]`.
 pub static FETCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{DEAD_LETTER_RECORD}
 local max = tonumber(ARGV[1])
 local out = {{}}
-for i = 3, #KEYS do
+local tags = {{}}
+redis.call('DEL', KEYS[3])
+for i = 4, #KEYS do
   while #out < max do
     local raw = redis.call('RPOP', KEYS[i])
     if not raw then break end
@@ -38,15 +43,20 @@ for i = 3, #KEYS do
       end
       redis.call('ZADD', KEYS[2], ARGV[2], tag)
       redis.call('HSET', KEYS[1], tag, '[' .. raw .. ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']')
-      out[#out + 1] = {{i - 2, raw, tag}}
+      tags[#tags + 1] = tag
+      out[#out + 1] = {{i - 3, raw, tag}}
     else
       redis.call('LPUSH', ARGV[3], dead_letter_record(
         'not a Kombu envelope: invalid JSON or no properties.delivery_tag', queue, ARGV[4], ARGV[2], raw))
-      out[#out + 1] = {{i - 2, raw, ''}}
+      out[#out + 1] = {{i - 3, raw, ''}}
     end
   end
   if #out >= max then break end
 end
+for j = 1, #tags, 1000 do
+  redis.call('SADD', KEYS[3], unpack(tags, j, math.min(j + 999, #tags)))
+end
+if #tags > 0 then redis.call('EXPIRE', KEYS[3], ARGV[5]) end
 return out
 "#
     ))
