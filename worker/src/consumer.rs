@@ -20,6 +20,7 @@ pub(crate) async fn run(shared: Arc<Shared>, prefetch: Arc<Semaphore>, jobs: Tas
     // Where each fetch records what it took, so a fetch whose reply is lost can be undone.
     let transit_key = format!("celeriac.transit.{}", uuid::Uuid::new_v4().simple());
     let mut reply_lost = false;
+    let max_batch = (shared.config.prefetch_limit() / 4).clamp(1, 1024);
     let mut rotation = 0usize;
     let mut failures = 0u32;
     loop {
@@ -58,9 +59,14 @@ pub(crate) async fn run(shared: Arc<Shared>, prefetch: Arc<Semaphore>, jobs: Tas
                 Err(_) => break,
             },
         };
+        // Take at most a quarter of the window per fetch, so that fetching, running, storing and
+        // acking overlap instead of moving the whole window through each stage in turn.
         let mut permits = vec![first];
-        while let Ok(p) = prefetch.clone().try_acquire_owned() {
-            permits.push(p);
+        while permits.len() < max_batch {
+            match prefetch.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
         }
         // Kombu rotates the queue order after each delivery (round robin).
         let order: Vec<String> = (0..queues.len())
