@@ -50,8 +50,6 @@ pub(crate) async fn process(shared: Arc<Shared>, mut job: Job) {
     let name = msg.display_name().to_owned();
     let id = msg.headers.id.clone();
     info!("Task {name}[{id}] received");
-    metrics::counter!("celeriac_messages_received_total", "queue" => job.queue.to_string())
-        .increment(1);
 
     let Some(task) = shared.registry.get(&msg.headers.task).cloned() else {
         error!(
