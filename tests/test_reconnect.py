@@ -29,7 +29,12 @@ def test_redis_killed_and_restarted_under_load(app, redis_server, broker, backen
     redis_server.proc.wait()
     time.sleep(2)
     redis_server.start()
-    wait_for(lambda: results(backend, ids) == len(ids), timeout=60, what="every task done after the restart")
+    try:
+        wait_for(lambda: results(backend, ids) == len(ids), timeout=60, what="every task done after the restart")
+    except AssertionError as e:
+        state = (f"{results(backend, ids)}/{len(ids)} done, {broker.llen('celery')} queued, "
+                 f"{broker.hlen('unacked')} unacked, worker exit code {w.proc.poll()}")
+        raise AssertionError(f"{e}: {state}") from None
     w.wait_log("consuming again")
     # Nothing left behind, nothing run that should not have been, and the worker still consumes.
     wait_for(lambda: broker.hlen("unacked") == 0, timeout=10, what="all acked")
