@@ -16,7 +16,7 @@ def queued(broker, queue="celery"):
 def test_sigterm_finishes_running_tasks_and_hands_back_the_rest(app, broker, backend, start_worker):
     w = start_worker("--concurrency", "1", "--prefetch-multiplier", "4")
     later = app.send_task("celeriac.test.add", args=[9, 9], countdown=60)  # held outside the window
-    running = app.send_task("celeriac.test.sleep", args=[2])
+    running = app.send_task("celeriac.test.sleep", args=[3])
     waiting = [app.send_task("celeriac.test.add", args=[i, i]) for i in range(3)]
     w.wait_log(rf"celeriac.test.sleep\[{running.id}\] received")
     wait_for(lambda: broker.hlen("unacked") == 5, what="all five messages prefetched")
@@ -24,11 +24,11 @@ def test_sigterm_finishes_running_tasks_and_hands_back_the_rest(app, broker, bac
     t0 = time.monotonic()
     w.signal(signal.SIGTERM)
     # Unstarted messages go back at once, while the running task is still running.
-    wait_for(lambda: broker.llen("celery") == 4, timeout=1.5, what="unstarted messages handed back")
+    wait_for(lambda: broker.llen("celery") == 4, timeout=2.5, what="unstarted messages handed back")
     assert running.state == "PENDING"
     assert w.wait(timeout=10) == 0
-    assert time.monotonic() - t0 < 5
-    assert running.get(timeout=1) == 2
+    assert time.monotonic() - t0 < 8, "it waited for the running task only"
+    assert running.get(timeout=1) == 3
     assert broker.hlen("unacked") == 0 and broker.zcard("unacked_index") == 0
     back = queued(broker)
     assert {m["headers"]["id"] for m in back} == {r.id for r in waiting + [later]}
@@ -50,7 +50,7 @@ def test_a_second_signal_exits_at_once_and_nothing_is_lost(app, broker, start_wo
     t0 = time.monotonic()
     w.signal(signal.SIGTERM)
     assert w.wait(timeout=5) == 143
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 2.5, "the task (3 s) was not waited for"
     assert "cold shutdown" in w.log()
     # Still recoverable: unacked, and restored by the next worker once the visibility timeout passes.
     assert broker.hlen("unacked") == 1 and broker.zcard("unacked_index") == 1
@@ -65,7 +65,7 @@ def test_tasks_outliving_the_grace_period_are_handed_back(app, broker, backend, 
     t0 = time.monotonic()
     w.signal(signal.SIGTERM)
     assert w.wait(timeout=10) == 0
-    assert time.monotonic() - t0 < 4
+    assert time.monotonic() - t0 < 8, "the 30 s task was not waited for"
     assert "shutdown timeout reached" in w.log()
     [back] = queued(broker)
     assert back["headers"]["id"] == r.id and back["headers"]["redelivered"] is True
