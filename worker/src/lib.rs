@@ -26,6 +26,7 @@ pub mod context;
 mod inflight;
 mod job;
 mod maintenance;
+mod outcome;
 pub mod registry;
 mod retry;
 mod settle;
