@@ -5,6 +5,7 @@
 
 mod backend;
 mod broker;
+mod restore;
 mod scripts;
 mod url;
 
