@@ -153,3 +153,13 @@ def test_canvas_is_not_silently_dropped(app, start_worker):
     r = app.send_task("celeriac.test.add", args=[1, 1], link=app.signature("celeriac.test.echo"))
     assert r.get(timeout=5) == 2
     assert f"celeriac.test.add[{r.id}] carries link which celeriac does not run yet" in w.log()
+
+
+def test_group_members_run_and_carry_their_group_id(app, backend, start_worker):
+    """A group needs nothing from the worker but the group id in each record."""
+    from celery import group
+
+    start_worker()
+    g = group(app.signature("celeriac.test.add", (i, i)) for i in range(5)).apply_async()
+    assert g.get(timeout=10) == [0, 2, 4, 6, 8]
+    assert {meta(backend, r.id)["group_id"] for r in g.results} == {g.id}
