@@ -18,5 +18,7 @@ venvs=("$VENV")
 [ -n "${CELERIAC_SKIP_COMPAT:-}" ] || venvs+=("$VENV_53")
 for venv in "${venvs[@]}"; do
   say "interop suite: Python Celery $("$venv/bin/python" -c 'import celery; print(celery.__version__)') against celeriac-worker"
-  "$venv/bin/python" -m pytest tests -p no:cacheprovider "$@"
+  # A whole pass takes under 2 minutes; 15 turn a hang into a clear failure.
+  timeout 900 "$venv/bin/python" -m pytest tests -p no:cacheprovider "$@" ||
+    { rc=$?; [ "$rc" -ne 124 ] || echo "interop suite timed out" >&2; exit "$rc"; }
 done

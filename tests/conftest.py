@@ -6,6 +6,7 @@ loopback port, append-only file on), so the suite never touches a Redis the user
 restart its server without losing queued messages. Helpers live in `support.py`.
 """
 
+import atexit
 import os
 import shutil
 import sys
@@ -37,7 +38,10 @@ def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
-    server.stop()
+    # Stopped at interpreter exit, not now: pytest's final garbage collection drops the last
+    # AsyncResult objects, whose finalizers unsubscribe from Redis and would otherwise retry a
+    # stopped server for a long time.
+    atexit.register(server.stop)
 
 
 @pytest.fixture(autouse=True)

@@ -130,6 +130,7 @@ class Process:
             except ProcessLookupError:
                 pass
             self.proc.wait(timeout=10)
+        self._log.close()
 
     def wait(self, timeout=30.0):
         return self.proc.wait(timeout=timeout)
