@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command of the README: set-up, build, unit, golden-vector and property tests, then
+# The test command of the README: set-up, build, unit, golden-vector and property tests, lints, then
 # the interop suite in which real Python Celery drives the worker, once with Celery 5.7 and
 # once with Celery 5.3 (the oldest line we serve). Extra arguments go to pytest
 # (e.g. scripts/test.sh -k retry); CELERIAC_SKIP_COMPAT=1 skips the Celery 5.3 pass.
@@ -10,8 +10,11 @@ ensure_test_tools
 ensure_venv
 [ -n "${CELERIAC_SKIP_COMPAT:-}" ] || ensure_venv "$ROOT/tests/requirements-celery5.3.txt" "$VENV_53"
 build_binaries
-say "unit, golden-vector and property tests"
+say "unit, golden-vector, property and Redis client tests"
 (cd "$ROOT" && cargo test --locked --workspace)
+say "lints: rustfmt, clippy, rustdoc"
+(cd "$ROOT" && cargo fmt --all -- --check && cargo clippy --locked --workspace --all-targets -- -D warnings &&
+  RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet)
 export CELERIAC_WORKER_BIN="$CARGO_TARGET_DIR/debug/celeriac-worker"
 cd "$ROOT"
 venvs=("$VENV")

@@ -30,8 +30,9 @@ use crate::worker::Worker;
     args_override_self = true
 )]
 pub struct Args {
-    /// Broker URL: redis://[:password@]host[:port][/db] or rediss://…
+    /// Broker URL (`redis://` or `rediss://`).
     #[arg(
+        help = "Broker URL: redis://[:password@]host[:port][/db] or rediss://…",
         short = 'b',
         long,
         env = "CELERY_BROKER_URL",
