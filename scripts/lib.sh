@@ -32,6 +32,12 @@ ensure_rust() {
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
     export PATH="$HOME/.cargo/bin:$PATH"
   fi
+  # The lints of scripts/test.sh need these two components.
+  if command -v rustup >/dev/null; then
+    for c in clippy rustfmt; do
+      rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+    done
+  fi
 }
 
 ensure_redis_installed() {
