@@ -180,6 +180,30 @@ impl Embed {
     }
 }
 
+/// Positional arguments: an array, or nothing.
+fn args_of(v: Option<Value>) -> Result<Vec<Value>, DecodeError> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => Ok(a),
+        Some(other) => Err(DecodeError::BodyShape(format!(
+            "args must be an array, found {}",
+            kind(&other)
+        ))),
+    }
+}
+
+/// Keyword arguments: an object, or nothing.
+fn kwargs_of(v: Option<Value>) -> Result<Map<String, Value>, DecodeError> {
+    match v {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(k)) => Ok(k),
+        Some(other) => Err(DecodeError::BodyShape(format!(
+            "kwargs must be an object, found {}",
+            kind(&other)
+        ))),
+    }
+}
+
 pub(super) type Decoded = (TaskHeaders, Vec<Value>, Map<String, Value>, Embed);
 
 pub(super) fn decode_v2(
@@ -193,26 +217,8 @@ pub(super) fn decode_v2(
         )));
     }
     let mut parts = parts.into_iter();
-    let args = match parts.next() {
-        Some(Value::Array(a)) => a,
-        Some(other) => {
-            return Err(DecodeError::BodyShape(format!(
-                "args must be an array, found {}",
-                kind(&other)
-            )));
-        }
-        None => Vec::new(),
-    };
-    let kwargs = match parts.next() {
-        Some(Value::Object(k)) => k,
-        Some(Value::Null) | None => Map::new(),
-        Some(other) => {
-            return Err(DecodeError::BodyShape(format!(
-                "kwargs must be an object, found {}",
-                kind(&other)
-            )));
-        }
-    };
+    let args = args_of(parts.next())?;
+    let kwargs = kwargs_of(parts.next())?;
     let embed = Embed::from_value(parts.next().unwrap_or(Value::Null))?;
     let extra = headers
         .iter()
@@ -254,7 +260,7 @@ pub(super) fn decode_v2(
 /// kept as custom headers; a "hybrid" message may carry the task name there instead.
 pub(super) fn decode_v1(
     headers: &Map<String, Value>,
-    body: Map<String, Value>,
+    mut body: Map<String, Value>,
 ) -> Result<Decoded, DecodeError> {
     let task = match opt_string(&body, "task")? {
         Some(t) => t,
@@ -264,26 +270,8 @@ pub(super) fn decode_v1(
         Some(i) => i,
         None => req_string(headers, "id")?,
     };
-    let args = match body.get("args") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(a)) => a.clone(),
-        Some(other) => {
-            return Err(DecodeError::BodyShape(format!(
-                "args must be an array, found {}",
-                kind(other)
-            )));
-        }
-    };
-    let kwargs = match body.get("kwargs") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(k)) => k.clone(),
-        Some(other) => {
-            return Err(DecodeError::BodyShape(format!(
-                "kwargs must be an object, found {}",
-                kind(other)
-            )));
-        }
-    };
+    let args = args_of(body.remove("args"))?;
+    let kwargs = kwargs_of(body.remove("kwargs"))?;
     let group = match opt_string(&body, "group")? {
         Some(g) => Some(g),
         None => opt_string(&body, "taskset")?,
