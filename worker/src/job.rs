@@ -15,7 +15,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, info, warn};
 
 use crate::context::{DeliveryInfo, Request, TaskContext};
-use crate::outcome::{count, discard_expired, fail, ignores_result, record, reject, retry, settle};
+use crate::outcome::{
+    count, discard_expired, fail, ignores_result, record, reject, retry, settle, store_only,
+};
 use crate::registry::RegisteredTask;
 use crate::retry::until_ok;
 use crate::task_error::{PyError, TaskError};
@@ -108,6 +110,8 @@ pub(crate) async fn process(shared: Arc<Shared>, mut job: Job) {
     let request = Arc::new(request_of(&shared, &msg, &job));
     let ignore = ignores_result(&msg, &task);
     if (shared.config.track_started || task.options().track_started) && !ignore {
+        // Through the result pipeline: no round trip of its own, and always stored before the
+        // final state of the same task, which goes the same way later.
         let started = json!({"pid": std::process::id(), "hostname": shared.config.hostname});
         if let Some(store) = record(
             &shared,
@@ -118,16 +122,7 @@ pub(crate) async fn process(shared: Arc<Shared>, mut job: Job) {
             None,
             Vec::new(),
         ) {
-            if let Some(backend) = &shared.backend {
-                let batch = [store];
-                let _ = until_ok(
-                    "storing STARTED",
-                    shared.config.reconnect,
-                    &shared.abort,
-                    || backend.store(&batch),
-                )
-                .await;
-            }
+            store_only(&shared, store);
         }
     }
 

@@ -303,8 +303,17 @@ pub(crate) fn record(
 pub(crate) fn settle(shared: &Shared, job: &mut Job, store: Option<StoreRequest>) {
     shared.settler.send(Settlement {
         store,
-        tag: job.tag.clone(),
+        tag: Some(job.tag.clone()),
         permit: job.prefetch.take(),
+    });
+}
+
+/// Queues an intermediate record (STARTED): stored in order before the final one, acks nothing.
+pub(crate) fn store_only(shared: &Shared, store: StoreRequest) {
+    shared.settler.send(Settlement {
+        store: Some(store),
+        tag: None,
+        permit: None,
     });
 }
 

@@ -24,8 +24,9 @@ const BATCH: usize = 512;
 pub(crate) struct Settlement {
     /// The record to store first, if results are kept for it.
     pub store: Option<StoreRequest>,
-    /// Delivery tag to ack once stored.
-    pub tag: String,
+    /// Delivery tag to ack once stored; `None` for an intermediate state (STARTED), which is
+    /// stored in order with the rest and acks nothing.
+    pub tag: Option<String>,
     /// The prefetch slot the message held, freed once acked.
     pub permit: Option<OwnedSemaphorePermit>,
 }
@@ -45,7 +46,7 @@ impl Settler {
     pub fn send(&self, s: Settlement) {
         if let Err(e) = self.tx.send(s) {
             // Only after the pipeline stopped: the message stays unacked and will be restored.
-            error!(tag = %e.0.tag, "result pipeline is closed; message left for redelivery");
+            error!(tag = ?e.0.tag, "result pipeline is closed; message left for redelivery");
         }
     }
 }
@@ -133,10 +134,12 @@ async fn write_results(
             if let Some(store) = s.store {
                 stores.push(store);
             }
-            acks.push(Ack {
-                tag: s.tag,
-                _permit: s.permit,
-            });
+            if let Some(tag) = s.tag {
+                acks.push(Ack {
+                    tag,
+                    _permit: s.permit,
+                });
+            }
         }
         if let (Some(backend), false) = (&backend, stores.is_empty()) {
             let stored = until_ok("storing results", backoff, &give_up, || {
