@@ -5,9 +5,7 @@
 //! must then read in the app's time zone. Result records carry `date_done` in the same format,
 //! with the fraction left out when the microseconds are zero.
 
-use chrono::{
-    DateTime, FixedOffset, LocalResult, NaiveDateTime, Offset, SecondsFormat, TimeZone, Utc,
-};
+use chrono::{DateTime, FixedOffset, LocalResult, NaiveDateTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
 
 /// A parsed `isoformat()` string.
@@ -91,16 +89,6 @@ pub fn isoformat(instant: DateTime<Utc>, tz: Tz) -> String {
         out.push_str(&format!(":{sec:02}"));
     }
     out
-}
-
-/// Seconds since the epoch as a float, like Python's `time.time()`.
-pub fn unix_seconds(instant: DateTime<Utc>) -> f64 {
-    instant.timestamp_micros() as f64 / 1_000_000.0
-}
-
-/// RFC 3339 with microseconds, for logs.
-pub fn rfc3339(instant: DateTime<Utc>) -> String {
-    instant.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 #[cfg(test)]

@@ -406,16 +406,6 @@ impl RedisBroker {
         let _: i64 = self.cmd.clone().lpush(key, env.to_json()).await?;
         Ok(())
     }
-
-    /// Number of messages waiting in `queue` over all priority lists (Kombu's `_size`).
-    pub async fn queue_len(&self, queue: &str) -> Result<u64, RedisClientError> {
-        let mut pipe = redis::pipe();
-        for step in kombu::PRIORITY_STEPS {
-            pipe.llen(kombu::queue_key(queue, step));
-        }
-        let lens: Vec<u64> = pipe.query_async(&mut self.cmd.clone()).await?;
-        Ok(lens.iter().sum())
-    }
 }
 
 #[cfg(test)]
