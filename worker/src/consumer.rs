@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use celeriac_protocol::redis::{Delivery, DeliveryState};
+use celeriac_protocol::redis::{Delivery, DeliveryState, RedisClientError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -39,13 +39,8 @@ pub(crate) async fn run(shared: Arc<Shared>, prefetch: Arc<Semaphore>, jobs: Tas
                     }
                 }
                 Err(e) => {
-                    let delay = shared.config.reconnect.delay(failures);
-                    failures = failures.saturating_add(1);
-                    warn!(error = %e, "cannot reach the broker; retrying in {delay:?}");
-                    tokio::select! {
-                        biased;
-                        () = shared.stop.cancelled() => break,
-                        () = tokio::time::sleep(delay) => {}
+                    if !back_off(&shared, &mut failures, &e).await {
+                        break;
                     }
                     continue;
                 }
@@ -107,16 +102,24 @@ pub(crate) async fn run(shared: Arc<Shared>, prefetch: Arc<Semaphore>, jobs: Tas
             Err(e) => {
                 drop(permits);
                 reply_lost = true;
-                let delay = shared.config.reconnect.delay(failures);
-                failures = failures.saturating_add(1);
-                warn!(error = %e, "cannot fetch from the broker; retrying in {delay:?}");
-                tokio::select! {
-                    biased;
-                    () = shared.stop.cancelled() => break,
-                    () = tokio::time::sleep(delay) => {}
+                if !back_off(&shared, &mut failures, &e).await {
+                    break;
                 }
             }
         }
+    }
+}
+
+/// Logs a broker failure and waits out the backoff for this many `failures` (then counts one
+/// more). Returns false when shutdown came first.
+async fn back_off(shared: &Shared, failures: &mut u32, error: &RedisClientError) -> bool {
+    let delay = shared.config.reconnect.delay(*failures);
+    *failures = failures.saturating_add(1);
+    warn!(error = %error, "cannot reach the broker; retrying in {delay:?}");
+    tokio::select! {
+        biased;
+        () = shared.stop.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
     }
 }
 
