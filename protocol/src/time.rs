@@ -73,7 +73,11 @@ impl Timestamp {
 /// `2026-11-26T10:23:12.199135+00:00`, or without the fraction when it is zero.
 pub fn isoformat(instant: DateTime<Utc>, tz: Tz) -> String {
     let local = instant.with_timezone(&tz);
-    let fixed = local.with_timezone(&local.offset().fix());
+    isoformat_fixed(local.with_timezone(&local.offset().fix()))
+}
+
+/// Formats a time with a fixed offset like Python's `datetime.isoformat()`.
+pub fn isoformat_fixed(fixed: DateTime<FixedOffset>) -> String {
     let micros = fixed.timestamp_subsec_micros();
     let base = fixed.format("%Y-%m-%dT%H:%M:%S").to_string();
     let offset = fixed.offset().local_minus_utc();

@@ -123,6 +123,43 @@ pub(crate) fn now_unix() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Writes the binding of each queue to its direct exchange (named after it), in the 5.7 and the
+/// older layout, as Kombu's consumers and senders declare them.
+pub(super) async fn declare_bindings(
+    conn: &mut ConnectionManager,
+    queues: &[String],
+) -> Result<(), RedisClientError> {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for q in queues {
+        let member = kombu::binding_member(q, "", q);
+        pipe.sadd(kombu::binding_key(q), &member).ignore();
+        pipe.sadd(kombu::binding_permanent_key(q), &member).ignore();
+    }
+    pipe.query_async::<()>(conn).await?;
+    Ok(())
+}
+
+/// The queue bound to a direct `exchange` with `routing_key` in Kombu's binding set (the first,
+/// by name, when several are); the routing key itself for the anonymous exchange `""`, and
+/// `None` when nothing is bound (Kombu then drops the message).
+pub(super) async fn bound_queue(
+    conn: &mut ConnectionManager,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<Option<String>, RedisClientError> {
+    if exchange.is_empty() {
+        return Ok(Some(routing_key.to_owned()));
+    }
+    let members: Vec<String> = conn.smembers(kombu::binding_key(exchange)).await?;
+    Ok(members
+        .iter()
+        .filter_map(|m| kombu::parse_binding_member(m))
+        .filter(|(rk, _, _)| *rk == routing_key)
+        .map(|(_, _, q)| q.to_owned())
+        .min())
+}
+
 pub(crate) async fn manager(
     url: &RedisUrl,
     response_timeout: Duration,
@@ -167,15 +204,7 @@ impl RedisBroker {
     /// Declares the bindings a Celery worker declares when it starts consuming `queues`
     /// (direct exchange named after the queue, routing key = queue name).
     pub async fn declare_queues(&self, queues: &[String]) -> Result<(), RedisClientError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for q in queues {
-            let member = kombu::binding_member(q, "", q);
-            pipe.sadd(kombu::binding_key(q), &member).ignore();
-            pipe.sadd(kombu::binding_permanent_key(q), &member).ignore();
-        }
-        pipe.query_async::<()>(&mut self.cmd.clone()).await?;
-        Ok(())
+        declare_bindings(&mut self.cmd.clone(), queues).await
     }
 
     /// Takes up to `max` waiting messages from `queues` (in this order, all queues at each

@@ -1,15 +1,18 @@
-//! Redis clients: the Kombu-compatible broker and Celery's Redis result backend.
+//! Redis clients: the Kombu-compatible broker, Celery's Redis result backend, and beat's lease
+//! and tick publisher.
 //!
 //! Both speak through `redis::aio::ConnectionManager`, which reconnects by itself after a
 //! connection is lost; callers retry failed commands with [`Backoff`].
 
 mod backend;
+mod beat;
 mod broker;
 mod restore;
 mod scripts;
 mod url;
 
 pub use backend::{RedisBackend, StoreRequest};
+pub use beat::{DEFAULT_PREFIX as BEAT_KEY_PREFIX, LeaseState, RedisBeat, Tick, TickOutcome};
 pub use broker::{BrokerOptions, Delivery, DeliveryState, RedisBroker, dead_letter_record};
 pub use url::{RedisUrl, UrlError};
 

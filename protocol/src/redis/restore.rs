@@ -6,7 +6,7 @@ use redis::AsyncCommands as _;
 use tracing::warn;
 
 use super::RedisClientError;
-use super::broker::{RedisBroker, now_unix};
+use super::broker::{RedisBroker, bound_queue, now_unix};
 use super::scripts::RELEASE_LOCK;
 use crate::{envelope, kombu};
 
@@ -116,21 +116,9 @@ impl RedisBroker {
     }
 
     /// The queue a message published with `exchange`/`routing_key` lands in (Kombu's `_lookup`
-    /// for the anonymous and direct exchanges Celery uses).
+    /// for the anonymous and direct exchanges Celery uses); the routing key when none is bound.
     async fn lookup(&self, exchange: &str, routing_key: &str) -> Result<String, RedisClientError> {
-        if exchange.is_empty() {
-            return Ok(routing_key.to_owned());
-        }
-        let members: Vec<String> = self
-            .cmd
-            .clone()
-            .smembers(kombu::binding_key(exchange))
-            .await?;
-        let queue = members
-            .iter()
-            .filter_map(|m| kombu::parse_binding_member(m))
-            .find(|(rk, _, _)| *rk == routing_key)
-            .map(|(_, _, q)| q.to_owned());
+        let queue = bound_queue(&mut self.cmd.clone(), exchange, routing_key).await?;
         Ok(queue.unwrap_or_else(|| routing_key.to_owned()))
     }
 }

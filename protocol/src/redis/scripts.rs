@@ -165,3 +165,70 @@ return written
 "#,
     )
 });
+
+/// Takes or renews a lease: `KEYS[1]` holds the owner's token `ARGV[1]` for `ARGV[2]` ms.
+/// Returns 1 when the owner renewed it, 2 when it was free and is now taken, 0 when someone
+/// else holds it.
+pub static LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
+end
+return 0
+"#,
+    )
+});
+
+/// Claims and publishes beat ticks in one atomic step, fenced by the lease `KEYS[1]` (token
+/// `ARGV[1]`): nothing happens unless the caller still holds it (returns `{-1}`). For tick `i`
+/// (list key `KEYS[3 + i]`; `ARGV[3i - 1]` entry name, `ARGV[3i]` nominal time in ms,
+/// `ARGV[3i + 1]` the envelope), the tick is claimed if it is later than the last one recorded
+/// for the entry in the hash `KEYS[2]`; a claimed tick is recorded there, counted in the hash
+/// `KEYS[3]` and LPUSHed, as Kombu publishes. Returns 1 (sent) or 0 (already sent) per tick.
+pub static PUBLISH_TICKS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
+local out = {}
+for i = 4, #KEYS do
+  local j = 2 + (i - 4) * 3
+  local name, tick = ARGV[j], tonumber(ARGV[j + 1])
+  local last = redis.call('HGET', KEYS[2], name)
+  if last and tonumber(last) >= tick then
+    out[#out + 1] = 0
+  else
+    redis.call('HSET', KEYS[2], name, ARGV[j + 1])
+    redis.call('HINCRBY', KEYS[3], name, 1)
+    redis.call('LPUSH', KEYS[i], ARGV[j + 2])
+    out[#out + 1] = 1
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Records a starting point for entries that have none, fenced by the lease `KEYS[1]` (token
+/// `ARGV[1]`; `{-1}` when not held): for each pair `ARGV[2i]` (entry name), `ARGV[2i + 1]`
+/// (Unix ms), HSETNX into the tick hash `KEYS[2]`. Returns the value recorded for each entry
+/// afterwards (another leader's earlier record wins).
+pub static SEED_TICKS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
+local out = {}
+for j = 2, #ARGV, 2 do
+  redis.call('HSETNX', KEYS[2], ARGV[j], ARGV[j + 1])
+  out[#out + 1] = tonumber(redis.call('HGET', KEYS[2], ARGV[j]))
+end
+return out
+"#,
+    )
+});
