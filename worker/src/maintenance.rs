@@ -37,11 +37,10 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             () = stop.cancelled() => break,
             _ = refresh.tick() => {
                 let tags = shared.inflight.tags();
-                if !tags.is_empty() {
-                    if let Err(e) = shared.broker.refresh(&tags).await {
+                if !tags.is_empty()
+                    && let Err(e) = shared.broker.refresh(&tags).await {
                         warn!(error = %e, held = tags.len(), "could not refresh held messages");
                     }
-                }
             }
             _ = restore.tick() => match shared.broker.restore_timed_out().await {
                 Ok(0) => {}
