@@ -44,10 +44,32 @@ ensure_redis_installed() {
   command -v redis-server >/dev/null && command -v redis-cli >/dev/null || apt_install redis-server
 }
 
-# What the interop suite needs besides Redis: openssl makes its TLS certificates.
+# The server binaries behind the django-celery-beat tests, which start private MariaDB and
+# PostgreSQL servers of their own (tests/dbservers.py). Debian's packages are installed only when
+# a binary is missing; a system service they start (or that already runs) is left alone.
+have_mariadb_server() {
+  { command -v mariadbd || command -v mysqld || [ -x /usr/sbin/mariadbd ] || [ -x /usr/sbin/mysqld ]; } >/dev/null &&
+    { command -v mariadb-install-db || command -v mysql_install_db; } >/dev/null
+}
+have_postgres_server() {
+  local d
+  if command -v initdb >/dev/null && command -v postgres >/dev/null; then return 0; fi
+  for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && [ -x "$d/postgres" ] && return 0; done
+  return 1
+}
+ensure_db_tools() {
+  local pkgs=()
+  have_mariadb_server || pkgs+=(mariadb-server)
+  have_postgres_server || pkgs+=(postgresql)
+  [ "${#pkgs[@]}" -eq 0 ] || apt_install "${pkgs[@]}"
+}
+
+# What the interop suite needs besides Redis: openssl makes its TLS certificates, and the database
+# servers serve the django-celery-beat tests.
 ensure_test_tools() {
   ensure_redis_installed
   command -v openssl >/dev/null || apt_install openssl
+  ensure_db_tools
 }
 
 # Starts a Redis on 127.0.0.1:$1 unless one answers there already.

@@ -16,11 +16,14 @@ say "lints: rustfmt, clippy, rustdoc"
 (cd "$ROOT" && cargo fmt --all -- --check && cargo clippy --locked --workspace --all-targets -- -D warnings &&
   RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet)
 export CELERIAC_WORKER_BIN="$CARGO_TARGET_DIR/debug/celeriac-worker"
+export CELERIAC_BEAT_BIN="$CARGO_TARGET_DIR/debug/celeriac-beat"
 cd "$ROOT"
 venvs=("$VENV")
 [ -n "${CELERIAC_SKIP_COMPAT:-}" ] || venvs+=("$VENV_53")
 for venv in "${venvs[@]}"; do
-  say "interop suite: Python Celery $("$venv/bin/python" -c 'import celery; print(celery.__version__)') against celeriac-worker"
+  # Tests marked `once` do not depend on the Celery version: the compatibility pass skips them.
+  if [ "$venv" = "$VENV" ]; then unset CELERIAC_COMPAT_PASS; else export CELERIAC_COMPAT_PASS=1; fi
+  say "interop suite: Python Celery $("$venv/bin/python" -c 'import celery; print(celery.__version__)') against celeriac-worker and celeriac-beat"
   # A whole pass takes under 2 minutes; 15 turn a hang into a clear failure.
   timeout 900 "$venv/bin/python" -m pytest tests -p no:cacheprovider "$@" ||
     { rc=$?; [ "$rc" -ne 124 ] || echo "interop suite timed out" >&2; exit "$rc"; }

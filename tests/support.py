@@ -17,6 +17,7 @@ from celery import Celery
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 WORKER_BIN = os.environ.get("CELERIAC_WORKER_BIN") or str(TARGET / "debug" / "celeriac-worker")
+BEAT_BIN = os.environ.get("CELERIAC_BEAT_BIN") or str(TARGET / "debug" / "celeriac-beat")
 DEAD_LETTER = "celeriac.rejected"
 
 
@@ -142,6 +143,15 @@ class Process:
 
 class CeleriacWorker(Process):
     ready_pattern = r" ready: consuming "
+
+
+class CeleriacBeat(Process):
+    ready_pattern = r"celeriac-beat starting"
+
+    def sent_lines(self):
+        """(entry, tick, lateness_ms) of every tick this beat logged as sent."""
+        rx = re.compile(r" sent entry=(\S+) .*? tick=(\S+ \S+) UTC lateness_ms=(-?\d+)")
+        return [(m[1], m[2], int(m[3])) for m in rx.finditer(self.log())]
 
 
 class PythonWorker(Process):
