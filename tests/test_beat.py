@@ -135,7 +135,10 @@ def shape(value):
     return type(value).__name__
 
 
+@pytest.mark.once
 def test_messages_have_the_shape_python_beat_gives_them(redis_server, broker, start_beat, tmp_path):
+    """Celery 5.7's beat is the referee. (5.3's beat sends no `celery_beat_task` header and
+    `ignore_result: false`; in the 5.3 pass, its worker running our messages is the check.)"""
     (tmp_path / "beatref.py").write_text(PY_BEAT_APP)
     broker.sadd("_kombu.binding.ex1", EX1_BINDING)
     env = dict(os.environ, BEATREF_BROKER=redis_server.url(0), PYTHONPATH=str(tmp_path))

@@ -118,3 +118,33 @@ result = True
     assert "entry=sunny" in log and "solar schedules are not supported" in log
     assert "entry=bad-cron" in log
     assert {e for e, _, _ in beat.sent_lines()} == {"good"}
+
+
+def test_raw_sql_edits_are_seen_within_the_reload_interval(django_beat_db, start_beat):
+    """QuerySet.update() skips Django's signals, so the change row is not bumped: the periodic
+    full reload (here every 2 s) picks the edit up."""
+    db = django_beat_db
+    db.orm("""
+every = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.SECONDS)
+PeriodicTask.objects.create(name="raw", task="celeriac.test.add", interval=every, args="[1, 1]")
+result = True
+""")
+    beat = start_beat("", "--django-db", db.url, "--reload-interval", "2", schedule_file=False)
+    wait_for(lambda: len(sends(beat, "raw")) >= 2, timeout=10, what="the task")
+    before = db.orm("result = str(PeriodicTasks.objects.get(ident=1).last_update)")
+    db.orm("PeriodicTask.objects.filter(name='raw').update(enabled=False); result = True")
+    edited_at = datetime.datetime.now(datetime.timezone.utc)
+    assert db.orm("result = str(PeriodicTasks.objects.get(ident=1).last_update)") == before
+    time.sleep(4)
+    late = [t for t in sent_at(beat, "raw") if (t - edited_at).total_seconds() > 2.5]
+    assert not late, f"sent after a raw disable: {late}"
+    assert "removed=1" in beat.log()
+
+
+def test_a_database_password_never_reaches_the_log(django_beat_db, start_beat):
+    db = django_beat_db
+    url = db.url.replace("://root@", "://root:s3cretpw@").replace("://postgres@", "://nobody:s3cretpw@")
+    beat = start_beat("", "--django-db", url, schedule_file=False, ready=False)
+    code = beat.wait(30)
+    assert code == 2, beat.log()
+    assert "s3cretpw" not in beat.log()

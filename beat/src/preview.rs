@@ -108,3 +108,48 @@ fn catch_up_name(e: &Entry) -> String {
         crate::entry::CatchUp::Window(w) => format!("catch-up within {}s", w.as_secs_f64()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::file;
+    use chrono::TimeZone as _;
+    use chrono_tz::Tz;
+
+    #[test]
+    fn the_listing_marks_dst_changes_and_names_bad_entries() {
+        let loaded = file::parse(
+            r#"
+[entries.nightly]
+task = "t"
+crontab = { minute = "30", hour = "1" }
+timezone = "Europe/London"
+[entries.broken]
+task = "t"
+crontab = { hour = "24" }
+"#,
+            Tz::UTC,
+        )
+        .expect("parses");
+        // The night of 2026-03-29 (clocks go forward at 01:00 UTC): 01:30 does not exist.
+        let after = Utc
+            .with_ymd_and_hms(2026, 3, 27, 12, 0, 0)
+            .single()
+            .expect("valid");
+        let listing = text(&loaded.entries, &loaded.errors, after, 4);
+        let lines: Vec<&str> = listing.lines().collect();
+        assert_eq!(lines[1].trim(), "2026-03-28T01:30:00+00:00");
+        // The gap: fires once at the first valid instant, 02:00 BST.
+        assert_eq!(
+            lines[2].trim(),
+            "2026-03-29T02:00:00+01:00   <- UTC offset +00:00 -> +01:00"
+        );
+        assert_eq!(lines[3].trim(), "2026-03-30T01:30:00+01:00");
+        assert!(listing.contains("broken  NOT SCHEDULED: crontab hour"));
+        let json = json_lines(&loaded.entries, &loaded.errors, after, 2);
+        let first: Value =
+            serde_json::from_str(json.lines().next().expect("a line")).expect("JSON");
+        assert_eq!(first["entry"], "nightly");
+        assert_eq!(first["fires"][1], "2026-03-29T02:00:00+01:00");
+    }
+}
