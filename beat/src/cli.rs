@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use celeriac_protocol::redis::RedisUrl;
+use celeriac_protocol::redis::{RedisBeat, RedisUrl};
 use celeriac_protocol::time::Timestamp;
 use chrono::Utc;
 use chrono_tz::Tz;
@@ -307,16 +307,34 @@ async fn run_beat<S: Source>(args: &Args, timezone: Tz, source: S) -> Result<Exi
     config.key_prefix = args.key_prefix.clone();
     config.lease_ttl = Duration::from_secs_f64(args.lease_ttl);
     config.renew_every = (config.lease_ttl / 3).min(Duration::from_secs(1));
+    config.standby_poll = config.renew_every / 4;
     info!(broker = %config.broker, source = %source.describe(), timezone = %timezone,
         "celeriac-beat starting");
     let sender = Sender::new(timezone, args.default_queue.clone());
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
-    match Beat::new(config, sender, source).run(shutdown).await {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e) => {
-            error!("{e}");
-            Ok(ExitCode::FAILURE)
+    let Some(store) = connect(&config, &shutdown).await else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    Beat::new(config, sender, source, store).run(shutdown).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Connects to the broker, retrying with backoff until it answers or shutdown is asked for.
+async fn connect(config: &BeatConfig, shutdown: &CancellationToken) -> Option<RedisBeat> {
+    let mut attempt = 0;
+    loop {
+        match RedisBeat::connect(&config.broker, &config.key_prefix).await {
+            Ok(r) => return Some(r),
+            Err(e) => {
+                warn!(broker = %config.broker, error = %e, "cannot connect to the broker; retrying");
+                let pause = config.reconnect.delay(attempt);
+                attempt += 1;
+                tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
         }
     }
 }

@@ -8,11 +8,13 @@
 //!   PostgreSQL;
 //! * [`plan`]: which ticks are due now under an entry's catch-up policy;
 //! * [`message`]: the message of a tick;
-//! * [`scheduler`]: the loop that holds the leader lease and sends;
+//! * [`scheduler`]: the loop that holds the leader lease and sends, on a [`store`] (the broker:
+//!   Redis, or memory for tests), with time from a [`clock`];
 //! * [`source`]: where entries come from (the file, or django-celery-beat's tables);
 //! * [`preview`] and [`cli`]: the `celeriac-beat` binary and its `schedule` listing.
 
 pub mod cli;
+pub mod clock;
 #[cfg(feature = "django-db")]
 pub mod django;
 pub mod entry;
@@ -23,6 +25,7 @@ pub mod preview;
 pub mod schedule;
 pub mod scheduler;
 pub mod source;
+pub mod store;
 
 pub use entry::{CatchUp, Entry, Expires, SendOptions};
-pub use scheduler::{Beat, BeatConfig, BeatError};
+pub use scheduler::{Beat, BeatConfig};

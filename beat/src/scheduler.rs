@@ -3,27 +3,28 @@
 //!
 //! Any number of beat processes may run. The one holding the lease (`<prefix>.lease`, renewed
 //! every [`BeatConfig::renew_every`], expiring after [`BeatConfig::lease_ttl`]) sends; the
-//! others only try to take it. Sending is claim-and-publish in one script, fenced by the lease
-//! and by the last tick recorded per entry, so a tick is published once even if two processes
-//! believe they lead. Shutdown is an input (a token); the lease is released on the way out.
+//! others only try to take it, every [`BeatConfig::standby_poll`]. Sending is claim-and-publish in one atomic step of the store,
+//! fenced by the lease and by the last tick recorded per entry, so a tick is published once even
+//! if two processes believe they lead. Shutdown is an input (a token); the lease is released on
+//! the way out. Time comes from an injected [`Clock`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_protocol::redis::{
-    Backoff, LeaseState, RedisBeat, RedisClientError, RedisUrl, Tick, TickOutcome,
-};
+use celeriac_protocol::redis::{Backoff, RedisUrl};
 use chrono::{DateTime, TimeZone as _, Utc};
-use thiserror::Error;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::clock::{Clock, SystemClock};
 use crate::entry::Entry;
 use crate::message::Sender;
 use crate::plan::plan;
 use crate::schedule::Schedule;
 use crate::source::{Sent, Source};
+use crate::store::{LeaseState, Tick, TickOutcome, TickStore};
 
 /// Settings of the beat loop.
 #[derive(Debug, Clone)]
@@ -36,8 +37,10 @@ pub struct BeatConfig {
     /// How long the lease lives without renewal: a standby takes over this long after the
     /// leader died (plus up to one `renew_every`).
     pub lease_ttl: Duration,
-    /// How often the leader renews the lease and a standby tries to take it.
+    /// How often the leader renews the lease.
     pub renew_every: Duration,
+    /// How often a standby tries to take the lease (so a graceful stop hands over at once).
+    pub standby_poll: Duration,
     /// Pauses between reconnect attempts.
     pub reconnect: Backoff,
 }
@@ -50,18 +53,10 @@ impl BeatConfig {
             key_prefix: celeriac_protocol::redis::BEAT_KEY_PREFIX.into(),
             lease_ttl: Duration::from_secs(3),
             renew_every: Duration::from_secs(1),
+            standby_poll: Duration::from_millis(250),
             reconnect: Backoff::default(),
         }
     }
-}
-
-/// Why beat stopped with an error.
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum BeatError {
-    /// A Redis call failed in a way retrying cannot mend.
-    #[error("broker: {0}")]
-    Broker(#[from] RedisClientError),
 }
 
 /// One entry with its progress.
@@ -102,12 +97,14 @@ impl Slot {
     }
 }
 
-/// The scheduler.
+/// The scheduler: entries from a [`Source`], lease and ticks on a [`TickStore`].
 #[derive(Debug)]
-pub struct Beat<S> {
+pub struct Beat<S, B> {
     config: BeatConfig,
     sender: Sender,
     source: S,
+    store: B,
+    clock: Arc<dyn Clock>,
     slots: Vec<Slot>,
     token: String,
     leader: bool,
@@ -123,24 +120,34 @@ fn from_ms(ms: i64) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
-impl<S: Source> Beat<S> {
-    /// A scheduler for the entries of `source`, sending with `sender`.
-    pub fn new(config: BeatConfig, sender: Sender, source: S) -> Self {
+impl<S: Source, B: TickStore> Beat<S, B> {
+    /// A scheduler for the entries of `source`, sending with `sender` through `store`.
+    pub fn new(config: BeatConfig, sender: Sender, source: S, store: B) -> Self {
         Self {
             config,
             sender,
             source,
+            store,
+            clock: Arc::new(SystemClock),
             slots: Vec::new(),
             token: uuid::Uuid::new_v4().to_string(),
             leader: false,
         }
     }
 
+    /// Reads the time from `clock` instead of the system.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// This process's lease token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// Runs until `shutdown` is cancelled, then releases the lease.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), BeatError> {
-        let Some(redis) = self.connect(&shutdown).await else {
-            return Ok(());
-        };
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut failures = 0u32;
         let mut next_renew = Instant::now();
         let mut next_poll = Instant::now();
@@ -149,7 +156,7 @@ impl<S: Source> Beat<S> {
             if self.leader
                 && let Some(t) = self.earliest_next()
             {
-                wake = wake.min(instant_of(t));
+                wake = wake.min(self.instant_of(t));
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -161,7 +168,7 @@ impl<S: Source> Beat<S> {
                     Ok(Some(entries)) => {
                         self.apply(entries);
                         if self.leader {
-                            self.leader = self.seed_new(&redis).await;
+                            self.leader = self.seed_new().await;
                         }
                     }
                     Ok(None) => {}
@@ -170,8 +177,11 @@ impl<S: Source> Beat<S> {
                 }
             }
             if Instant::now() >= next_renew {
-                next_renew = Instant::now() + self.config.renew_every;
-                match redis.hold_lease(&self.token, self.config.lease_ttl).await {
+                match self
+                    .store
+                    .hold_lease(&self.token, self.config.lease_ttl)
+                    .await
+                {
                     Ok(LeaseState::Renewed) if self.leader => failures = 0,
                     Ok(state @ (LeaseState::Acquired | LeaseState::Renewed)) => {
                         // Renewed while not leading: a send failed and the records must be
@@ -183,7 +193,7 @@ impl<S: Source> Beat<S> {
                                 "took the beat lease: this process sends the schedule"
                             );
                         }
-                        self.take_over(&redis).await;
+                        self.take_over().await;
                     }
                     Ok(LeaseState::HeldElsewhere) => {
                         failures = 0;
@@ -204,13 +214,19 @@ impl<S: Source> Beat<S> {
                         continue;
                     }
                 }
+                next_renew = Instant::now()
+                    + if self.leader {
+                        self.config.renew_every
+                    } else {
+                        self.config.standby_poll
+                    };
             }
             if self.leader {
-                self.send_due(&redis).await;
+                self.send_due().await;
             }
         }
         if self.leader {
-            match redis.release_lease(&self.token).await {
+            match self.store.release_lease(&self.token).await {
                 Ok(true) => info!("released the beat lease"),
                 Ok(false) => {}
                 Err(e) => {
@@ -218,25 +234,12 @@ impl<S: Source> Beat<S> {
                 }
             }
         }
-        Ok(())
     }
 
-    async fn connect(&self, shutdown: &CancellationToken) -> Option<RedisBeat> {
-        let mut attempt = 0;
-        loop {
-            match RedisBeat::connect(&self.config.broker, &self.config.key_prefix).await {
-                Ok(r) => return Some(r),
-                Err(e) => {
-                    warn!(broker = %self.config.broker, error = %e, "cannot connect to the broker; retrying");
-                    let pause = self.config.reconnect.delay(attempt);
-                    attempt += 1;
-                    tokio::select! {
-                        () = shutdown.cancelled() => return None,
-                        () = tokio::time::sleep(pause) => {}
-                    }
-                }
-            }
-        }
+    /// The tokio instant at which the clock reads `t`.
+    fn instant_of(&self, t: DateTime<Utc>) -> Instant {
+        let ahead = (t - self.clock.now()).to_std().unwrap_or(Duration::ZERO);
+        Instant::now() + ahead
     }
 
     fn earliest_next(&self) -> Option<DateTime<Utc>> {
@@ -288,11 +291,11 @@ impl<S: Source> Beat<S> {
 
     /// Reads (or, for entries never seen, records) the last tick of every entry, and declares
     /// the queues, after taking the lease.
-    async fn take_over(&mut self, redis: &RedisBeat) {
+    async fn take_over(&mut self) {
         for slot in &mut self.slots {
             slot.last = None;
         }
-        self.leader = self.seed_new(redis).await;
+        self.leader = self.seed_new().await;
         if !self.leader {
             return;
         }
@@ -304,15 +307,15 @@ impl<S: Source> Beat<S> {
             .collect();
         queues.sort();
         queues.dedup();
-        if let Err(e) = redis.declare_queues(&queues).await {
+        if let Err(e) = self.store.declare_queues(&queues).await {
             warn!(error = %e, "cannot declare the queues' bindings");
         }
     }
 
     /// Gives every entry without a known last tick the one recorded by any beat, or records
     /// its starting point. Returns whether we still lead.
-    async fn seed_new(&mut self, redis: &RedisBeat) -> bool {
-        let now = Utc::now();
+    async fn seed_new(&mut self) -> bool {
+        let now = self.clock.now();
         let seeds: Vec<(String, i64)> = self
             .slots
             .iter()
@@ -322,7 +325,7 @@ impl<S: Source> Beat<S> {
         if seeds.is_empty() {
             return true;
         }
-        match redis.seed_ticks(&self.token, &seeds).await {
+        match self.store.seed_ticks(&self.token, &seeds).await {
             Ok(Some(recorded)) => {
                 let by_name: HashMap<_, _> = seeds
                     .iter()
@@ -339,15 +342,15 @@ impl<S: Source> Beat<S> {
             Ok(None) => false,
             Err(e) => {
                 warn!(error = %e, "cannot read the tick records; will retry");
-                let _ = redis.release_lease(&self.token).await;
+                let _ = self.store.release_lease(&self.token).await;
                 false
             }
         }
     }
     /// Sends every due tick, then tells the source what was sent. On a failure that leaves it
     /// unknown what was sent, stops leading until the tick records are read again.
-    async fn send_due(&mut self, redis: &RedisBeat) {
-        let now = Utc::now();
+    async fn send_due(&mut self) {
+        let now = self.clock.now();
         let mut ticks = Vec::new();
         let mut owners = Vec::new();
         for (index, slot) in self.slots.iter_mut().enumerate() {
@@ -363,14 +366,14 @@ impl<S: Source> Beat<S> {
                 let (first, latest) = p.skipped_span.unwrap_or((now, now));
                 warn!(entry = %e.name, skipped = p.skipped, first = %first, last = %latest,
                     "due ticks not sent (catch-up policy)");
-                if let Err(err) = redis.count_skipped(&e.name, p.skipped).await {
+                if let Err(err) = self.store.count_skipped(&e.name, p.skipped).await {
                     warn!(entry = %e.name, error = %err, "cannot count skipped ticks");
                 }
             }
             let queue = match (&e.options.exchange, &e.options.routing_key) {
                 (Some(exchange), rk) => {
                     let rk = rk.as_deref().unwrap_or(&self.sender.default_queue);
-                    match redis.lookup_queue(exchange, rk).await {
+                    match self.store.lookup_queue(exchange, rk).await {
                         Ok(Some(q)) => Some(q),
                         Ok(None) => {
                             error!(entry = %e.name, exchange = %exchange, routing_key = %rk,
@@ -422,7 +425,7 @@ impl<S: Source> Beat<S> {
         if ticks.is_empty() {
             return;
         }
-        let outcomes = match redis.publish_ticks(&self.token, &ticks).await {
+        let outcomes = match self.store.publish_ticks(&self.token, &ticks).await {
             Ok(outcomes) => outcomes,
             Err(e) => {
                 // Unknown whether the script ran: the records are read again at the next lease
@@ -437,7 +440,7 @@ impl<S: Source> Beat<S> {
             let entry = &self.slots[*index].entry;
             match outcome {
                 TickOutcome::Sent => {
-                    let lateness = (Utc::now() - *nominal).num_milliseconds();
+                    let lateness = (self.clock.now() - *nominal).num_milliseconds();
                     let id = tick
                         .envelope
                         .headers
@@ -471,10 +474,4 @@ impl<S: Source> Beat<S> {
             warn!(source = %self.source.describe(), error = %e, "cannot record the sends");
         }
     }
-}
-
-fn instant_of(t: DateTime<Utc>) -> tokio::time::Instant {
-    let now = Utc::now();
-    let ahead = (t - now).to_std().unwrap_or(Duration::ZERO);
-    tokio::time::Instant::now() + ahead
 }

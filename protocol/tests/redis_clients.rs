@@ -251,3 +251,115 @@ async fn results_never_overwrite_success() {
         "no TTL when none is given"
     );
 }
+
+fn tick(entry: &str, nominal_ms: i64, queue: &str, priority: u8) -> celeriac_protocol::redis::Tick {
+    let mut m = TaskMessage::new(
+        "celeriac.test.add",
+        &format!("{entry}-{nominal_ms}"),
+        vec![],
+        Map::new(),
+        queue,
+    );
+    m.properties.priority = priority;
+    celeriac_protocol::redis::Tick {
+        entry: entry.into(),
+        nominal_ms,
+        queue: queue.into(),
+        envelope: m.to_envelope(&format!("tag-{nominal_ms}")).expect("encode"),
+    }
+}
+
+#[tokio::test]
+async fn the_beat_lease_is_taken_renewed_refused_and_released() {
+    use celeriac_protocol::redis::{LeaseState, RedisBeat};
+    let server = RedisServer::start();
+    let url = RedisUrl::parse(&server.url(0)).expect("url");
+    let beat = RedisBeat::connect(&url, "t.beat").await.expect("connect");
+    let ttl = Duration::from_millis(400);
+    assert_eq!(
+        beat.hold_lease("a", ttl).await.unwrap(),
+        LeaseState::Acquired
+    );
+    assert_eq!(
+        beat.hold_lease("a", ttl).await.unwrap(),
+        LeaseState::Renewed
+    );
+    assert_eq!(
+        beat.hold_lease("b", ttl).await.unwrap(),
+        LeaseState::HeldElsewhere
+    );
+    assert!(
+        !beat.release_lease("b").await.unwrap(),
+        "only the holder releases"
+    );
+    assert!(beat.release_lease("a").await.unwrap());
+    assert_eq!(
+        beat.hold_lease("b", ttl).await.unwrap(),
+        LeaseState::Acquired
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await; // b dies: the lease expires
+    assert_eq!(
+        beat.hold_lease("a", ttl).await.unwrap(),
+        LeaseState::Acquired
+    );
+}
+
+#[tokio::test]
+async fn ticks_are_claimed_and_published_once_and_only_by_the_lease_holder() {
+    use celeriac_protocol::redis::{LeaseState, RedisBeat, TickOutcome};
+    let server = RedisServer::start();
+    let url = RedisUrl::parse(&server.url(0)).expect("url");
+    let beat = RedisBeat::connect(&url, "t.beat").await.expect("connect");
+    let mut conn = server
+        .client(0)
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let ttl = Duration::from_secs(10);
+    assert_eq!(
+        beat.hold_lease("a", ttl).await.unwrap(),
+        LeaseState::Acquired
+    );
+    let out = beat
+        .publish_ticks("b", &[tick("e", 1000, "celery", 0)])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        [TickOutcome::NotLeader],
+        "fenced: b does not hold the lease"
+    );
+    let len: usize = conn.llen("celery").await.unwrap();
+    assert_eq!(len, 0);
+    let batch = [
+        tick("e", 1000, "celery", 0),
+        tick("e", 2000, "celery", 0),
+        tick("p", 1000, "media", 5),
+    ];
+    let out = beat.publish_ticks("a", &batch).await.unwrap();
+    assert_eq!(out, [TickOutcome::Sent; 3]);
+    // A replay (a lost reply, a second leader) and an older tick are refused.
+    let out = beat
+        .publish_ticks(
+            "a",
+            &[tick("e", 2000, "celery", 0), tick("e", 1500, "celery", 0)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, [TickOutcome::AlreadySent; 2]);
+    let celery: Vec<String> = conn.lrange("celery", 0, -1).await.unwrap();
+    assert_eq!(celery.len(), 2);
+    let media: usize = conn.llen("media\x06\x163").await.unwrap();
+    assert_eq!(media, 1, "a priority-5 message goes to the step-3 list");
+    assert_eq!(beat.last_ticks().await.unwrap()["e"], 2000);
+    assert_eq!(beat.run_counts().await.unwrap()["e"], 2);
+    // Seeds only fill in entries without a record, and are fenced too.
+    let seeds = vec![("e".to_owned(), 99), ("new".to_owned(), 5000)];
+    assert_eq!(
+        beat.seed_ticks("a", &seeds).await.unwrap(),
+        Some(vec![2000, 5000])
+    );
+    assert_eq!(beat.seed_ticks("b", &seeds).await.unwrap(), None);
+    beat.count_skipped("e", 3).await.unwrap();
+    assert_eq!(beat.skipped_counts().await.unwrap()["e"], 3);
+}
