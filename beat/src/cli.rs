@@ -201,9 +201,11 @@ fn run(args: Args) -> Result<ExitCode, String> {
             // Read once here, so that a broken file is a startup error.
             let loaded = file::load(path, timezone).map_err(|e| e.to_string())?;
             if let Some(Command::Schedule { count, after, format }) = &args.command {
-                print!("{}", listing(&loaded.entries, &loaded.errors, after.as_deref(), *count, *format, timezone)?);
-                return Ok(ExitCode::SUCCESS);
+                let text = listing(&loaded.entries, &loaded.errors, after.as_deref(), *count, *format, timezone)?;
+                return emit(&text);
             }
+            // The source reads it again; this copy is not kept.
+            drop(loaded);
             let source = FileSource::new(path.clone(), timezone);
             runtime.block_on(run_beat(&args, timezone, source))
         }
@@ -267,6 +269,17 @@ fn run_django(
         "invalid configuration: --django-db needs celeriac-beat built with the django-db feature"
             .into(),
     )
+}
+
+/// Writes the listing to stdout; a reader that went away (`| head`) is no error.
+fn emit(text: &str) -> Result<ExitCode, String> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(format!("cannot write the listing: {e}")),
+    }
 }
 
 fn listing(
