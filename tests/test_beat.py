@@ -326,3 +326,16 @@ def test_bad_settings_exit_2(start_beat):
     beat = start_beat(EVERY_SECOND.format(catch_up="once"), "--timezone", "Mars/Olympus", ready=False)
     assert beat.wait(10) == 2
     assert "timezone" in beat.log()
+
+
+@pytest.mark.once
+def test_an_edited_schedule_file_is_picked_up_without_a_restart(broker, start_beat):
+    beat = start_beat(EVERY_SECOND.format(catch_up="once"))
+    wait_for(lambda: beat.sent_lines(), timeout=10, what="the first tick")
+    path = beat.args[beat.args.index("--schedule") + 1]
+    with open(path, "a") as f:
+        f.write('\n[entries.added]\ntask = "celeriac.test.add"\nargs = [7, 7]\nevery = 1\nqueue = "beat"\n')
+    wait_for(lambda: any(e == "added" for e, _, _ in beat.sent_lines()), timeout=5, what="the added entry")
+    assert "schedule file changed: reloaded" in beat.log()
+    ticks = [t for e, t, _ in beat.sent_lines() if e == "tick"]
+    assert len(set(ticks)) == len(ticks)
