@@ -300,13 +300,14 @@ every = 1
 timezone = "Mars/Olympus"
 [entries.sunny]
 task = "celeriac.test.add"
-solar = { event = "sunrise", latitude = 51.5, longitude = 0.0 }
+solar = { event = "sunrise", latitude = 91.5, longitude = 0.0 }
 """
     beat = start_beat(schedule)
     wait_for(lambda: len(beat.sent_lines()) >= 2, timeout=10, what="the good entry")
     log = beat.log()
     for name in ("bad-cron", "bad-zone", "sunny"):
         assert f"entry={name}" in log and "entry not scheduled" in log
+    assert "solar latitude 91.5 is invalid" in log
     assert {e for e, _, _ in beat.sent_lines()} == {"tick"}
 
 

@@ -1,16 +1,19 @@
 """celeriac-beat on django-celery-beat's tables (the real migrations of django-celery-beat 2.9,
 Django 5.2), on MariaDB and on PostgreSQL: entries made through the ORM are sent on time and
 `last_run_at` / `total_run_count` are written back; a task disabled through the ORM stops
-within a second; a one-off task runs once and is disabled; bad rows are reported by name."""
+within a second; a one-off task runs once and is disabled; bad rows are reported by name; a solar
+row's next events are Celery's."""
 
 import datetime
 import json
+import os
 import signal
+import subprocess
 import time
 
 import pytest
 
-from support import wait_for
+from support import BEAT_BIN, wait_for
 
 pytestmark = pytest.mark.once
 
@@ -112,12 +115,46 @@ result = True
 """)
     # Written past Django's validation, as a raw SQL edit would.
     db.orm("CrontabSchedule.objects.filter(minute='*').update(minute='99'); result = True")
+    db.orm("SolarSchedule.objects.filter(event='sunrise').update(latitude=95); result = True")
     beat = start_beat("", "--django-db", db.url, schedule_file=False)
     wait_for(lambda: len(sends(beat, "good")) >= 2, timeout=10, what="the good task")
     log = beat.log()
-    assert "entry=sunny" in log and "solar schedules are not supported" in log
+    assert "entry=sunny" in log and "solar latitude 95 is invalid" in log
     assert "entry=bad-cron" in log
     assert {e for e, _, _ in beat.sent_lines()} == {"good"}
+
+
+def test_a_solar_row_is_scheduled_as_celery_computes_it(django_beat_db):
+    """The row's decimal latitude and longitude reach the schedule: `celeriac-beat schedule`
+    lists its next sunsets within a second of Celery's (`SolarSchedule.schedule`)."""
+    db = django_beat_db
+    db.orm("""
+sun = SolarSchedule.objects.create(event="sunset", latitude="-33.868820", longitude="151.209296")
+PeriodicTask.objects.create(name="sundown", task="celeriac.test.add", solar=sun)
+result = True
+""")
+    out = subprocess.run(
+        [BEAT_BIN, "--django-db", db.url, "schedule", "--after", "2026-06-10T08:15:00Z",
+         "--count", "2", "--format", "json"],
+        capture_output=True, text=True, timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CELERIAC_BEAT_")})
+    assert out.returncode == 0, out.stderr
+    (rec,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert rec["entry"] == "sundown", rec
+    assert rec["schedule"] == "solar sunset at latitude -33.86882, longitude 151.209296"
+    celery = db.orm("""
+import datetime as dt
+s = SolarSchedule.objects.get(event="sunset").schedule
+t = dt.datetime(2026, 6, 10, 8, 15, tzinfo=dt.timezone.utc)
+result = []
+for _ in range(2):
+    s.nowfun = lambda t=t: t
+    t = t + s.remaining_estimate(t)
+    result.append(t.isoformat())
+""")
+    for ours, theirs in zip(rec["fires"], celery, strict=True):
+        diff = datetime.datetime.fromisoformat(ours) - datetime.datetime.fromisoformat(theirs)
+        assert abs(diff.total_seconds()) < 1, (ours, theirs)
 
 
 def test_raw_sql_edits_are_seen_within_the_reload_interval(django_beat_db, start_beat):

@@ -1,10 +1,11 @@
 //! django-celery-beat's tables as a source of entries, on MySQL/MariaDB and PostgreSQL through
 //! one sqlx code path (the `Any` driver), with the DatabaseScheduler's semantics:
 //!
-//! * enabled rows only; `interval`, `crontab` (in its own `timezone` column), `clocked`
-//!   references (solar is reported as unsupported, by name); `start_time`, `expires` (no tick
-//!   after it, and the row is disabled as Python does), `expire_seconds`, `one_off` (disabled
-//!   after its run, keeping its `total_run_count`, where Python resets it to 0);
+//! * enabled rows only; `interval`, `crontab` (in its own `timezone` column), `clocked` and
+//!   `solar` references (the solar row's decimal latitude and longitude read as text, and
+//!   validated as Celery does); `start_time`, `expires` (no tick after it, and the row is
+//!   disabled as Python does), `expire_seconds`, `one_off` (disabled after its run, keeping its
+//!   `total_run_count`, where Python resets it to 0);
 //! * message options from `queue`, `exchange`, `routing_key`, `priority`, `expires` /
 //!   `expire_seconds` and the JSON `headers`, plus `periodic_task_name`;
 //! * a row never sent starts from its `last_run_at`, else its `date_changed`, as Python's
@@ -32,7 +33,7 @@ use tracing::{error, info, warn};
 
 use crate::entry::{CatchUp, Entry, Expires, SendOptions};
 use crate::file::{EntryError, Loaded};
-use crate::schedule::{Crontab, Schedule};
+use crate::schedule::{Crontab, Schedule, Solar};
 use crate::source::{Sent, Source, SourceError};
 
 /// The database cannot be used.
@@ -169,11 +170,12 @@ fn load_statement(d: Dialect) -> String {
         "SELECT t.name, t.task, t.args, t.kwargs, t.queue, t.exchange, t.routing_key, t.headers, \
          {priority}, {expire_seconds}, {expires}, {one_off}, {start_time}, {last_run_at}, \
          {date_changed}, {every}, i.period, c.minute, c.hour, c.day_of_week, c.day_of_month, \
-         c.month_of_year, {crontab_tz}, {clocked}, {solar} \
+         c.month_of_year, {crontab_tz}, {clocked}, s.event, {latitude}, {longitude} \
          FROM django_celery_beat_periodictask t \
          LEFT JOIN django_celery_beat_intervalschedule i ON i.id = t.interval_id \
          LEFT JOIN django_celery_beat_crontabschedule c ON c.id = t.crontab_id \
          LEFT JOIN django_celery_beat_clockedschedule k ON k.id = t.clocked_id \
+         LEFT JOIN django_celery_beat_solarschedule s ON s.id = t.solar_id \
          WHERE t.enabled ORDER BY t.name",
         priority = d.int("t.priority"),
         expire_seconds = d.int("t.expire_seconds"),
@@ -185,7 +187,8 @@ fn load_statement(d: Dialect) -> String {
         every = d.int("i.every"),
         crontab_tz = d.text("c.timezone"),
         clocked = d.micros("k.clocked_time"),
-        solar = d.int("t.solar_id"),
+        latitude = d.text("s.latitude"),
+        longitude = d.text("s.longitude"),
     )
 }
 
@@ -401,11 +404,20 @@ fn entry_of(row: &AnyRow, default_tz: Tz) -> Result<Entry, String> {
         Schedule::Crontab(cron)
     } else if let Some(at) = instant(row, 23)? {
         Schedule::Clocked(at)
-    } else if int(row, 24)?.is_some() {
-        return Err("solar schedules are not supported yet".into());
+    } else if let Some(event) = text(row, 24)? {
+        let degrees = |i, what| -> Result<f64, String> {
+            let t = text(row, i)?.ok_or(format!("solar {what} is empty"))?;
+            t.trim()
+                .parse()
+                .map_err(|_| format!("solar {what} {t:?} is not a number"))
+        };
+        let solar = Solar::new(&event, degrees(25, "latitude")?, degrees(26, "longitude")?)
+            .map_err(|e| e.to_string())?;
+        Schedule::Solar(solar)
     } else {
         return Err(
-            "no schedule: the row references no interval, crontab or clocked schedule".into(),
+            "no schedule: the row references no interval, crontab, clocked or solar schedule"
+                .into(),
         );
     };
     Ok(Entry {

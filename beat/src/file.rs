@@ -7,6 +7,10 @@
 //! args = [2, 3]
 //! every = 10                      # seconds; or crontab = {...}, clocked = ..., solar = {...}
 //!
+//! [entries.lights-on]
+//! task = "home.lights_on"
+//! solar = { event = "sunset", latitude = 51.5, longitude = -0.12 }   # Celery's solar()
+//!
 //! [entries.nightly-report]
 //! task = "reports.tasks.nightly"
 //! crontab = { minute = "30", hour = "2", day_of_week = "mon-fri" }   # missing fields are "*"
@@ -32,7 +36,7 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 
 use crate::entry::{CatchUp, Entry, Expires, SendOptions};
-use crate::schedule::{Crontab, Schedule};
+use crate::schedule::{Crontab, Schedule, Solar};
 
 /// The file as a whole cannot be used.
 #[derive(Debug, Error)]
@@ -94,7 +98,7 @@ struct RawEntry {
     every: Option<f64>,
     crontab: Option<RawCrontab>,
     clocked: Option<toml::Value>,
-    solar: Option<toml::Value>,
+    solar: Option<RawSolar>,
     timezone: Option<String>,
     queue: Option<String>,
     exchange: Option<String>,
@@ -127,6 +131,15 @@ struct RawCrontab {
     day_of_month: Option<CronField>,
     #[serde(default)]
     month_of_year: Option<CronField>,
+}
+
+/// Celery's `solar(event, lat, lon)`: an event name, and degrees north and east.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSolar {
+    event: String,
+    latitude: f64,
+    longitude: f64,
 }
 
 /// A crontab field, written as a string (`"*/5"`) or a number (`30`), as Celery takes both.
@@ -241,13 +254,18 @@ fn build(name: &str, raw: RawEntry, default_tz: Tz) -> Result<Option<Entry>, Str
     if let Some(at) = &raw.clocked {
         schedules.push(Schedule::Clocked(instant("clocked", at, timezone)?));
     }
-    if raw.solar.is_some() {
-        return Err("solar schedules are not supported yet".into());
+    if let Some(s) = &raw.solar {
+        let solar = Solar::new(&s.event, s.latitude, s.longitude).map_err(|e| e.to_string())?;
+        schedules.push(Schedule::Solar(solar));
     }
     let schedule = match schedules.len() {
         1 => schedules.remove(0),
-        0 => return Err("no schedule: give one of every, crontab, clocked".into()),
-        _ => return Err("more than one schedule: give only one of every, crontab, clocked".into()),
+        0 => return Err("no schedule: give one of every, crontab, clocked, solar".into()),
+        _ => {
+            return Err(
+                "more than one schedule: give only one of every, crontab, clocked, solar".into(),
+            );
+        }
     };
     let priority = raw
         .priority
@@ -365,7 +383,16 @@ every = 1
 clocked = "2026-01-01T00:00:00"
 [entries.sunny]
 task = "t"
-solar = { event = "sunrise", latitude = 51.5, longitude = 0 }
+solar = { event = "sunny", latitude = 51.5, longitude = 0 }
+[entries.polar]
+task = "t"
+solar = { event = "sunrise", latitude = 91, longitude = 0 }
+[entries.east]
+task = "t"
+solar = { event = "sunrise", latitude = 0, longitude = 180.5 }
+[entries.no-place]
+task = "t"
+solar = { event = "sunrise" }
 [entries.typo]
 task = "t"
 every = 1
@@ -382,9 +409,49 @@ enabled = false
         let names: Vec<_> = loaded.errors.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
             names,
-            ["no-schedule", "bad-zone", "two-schedules", "sunny", "typo"]
+            [
+                "no-schedule",
+                "bad-zone",
+                "two-schedules",
+                "sunny",
+                "polar",
+                "east",
+                "no-place",
+                "typo"
+            ]
         );
-        assert!(loaded.errors[3].reason.contains("solar"));
+        assert!(
+            loaded.errors[3]
+                .reason
+                .contains("solar event \"sunny\" is invalid")
+        );
+        assert!(loaded.errors[4].reason.contains("latitude 91 is invalid"));
+        assert!(
+            loaded.errors[5]
+                .reason
+                .contains("longitude 180.5 is invalid")
+        );
+        assert!(loaded.errors[6].reason.contains("latitude"));
+    }
+
+    #[test]
+    fn a_solar_entry_is_read() {
+        let loaded = parse(
+            r#"
+[entries.lights-on]
+task = "t"
+solar = { event = "sunset", latitude = 51.5, longitude = -0.12 }
+[entries.noon]
+task = "t"
+solar = { event = "solar_noon", latitude = 0, longitude = 0 }
+"#,
+            Tz::UTC,
+        )
+        .expect("parses");
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let expected = Solar::new("sunset", 51.5, -0.12).expect("valid");
+        assert_eq!(loaded.entries[0].schedule, Schedule::Solar(expected));
+        assert!(matches!(loaded.entries[1].schedule, Schedule::Solar(_)));
     }
 
     #[test]

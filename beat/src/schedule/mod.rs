@@ -1,5 +1,5 @@
-//! When entries fire: Celery's `schedule` (an interval), `crontab` and django-celery-beat's
-//! clocked schedule, as pure functions of an instant passed in.
+//! When entries fire: Celery's `schedule` (an interval), `crontab` and `solar`, and
+//! django-celery-beat's clocked schedule, as pure functions of an instant passed in.
 //!
 //! A tick is identified by its nominal fire time. Interval ticks lie on a grid anchored at the
 //! entry's first tick (`first + k * every`), so every beat process computes the same ticks;
@@ -7,6 +7,7 @@
 //! be shared between processes.
 
 pub mod crontab;
+pub mod solar;
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 
 pub use crontab::{Crontab, CrontabError};
+pub use solar::{Solar, SolarError, SolarEvent};
 
 /// When an entry fires.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,12 +26,15 @@ pub enum Schedule {
     Crontab(Crontab),
     /// Once, at this instant (django-celery-beat's `ClockedSchedule`).
     Clocked(DateTime<Utc>),
+    /// At each occurrence of a solar event at a place (Celery's `solar`); time zones play no
+    /// part.
+    Solar(Solar),
 }
 
 impl Schedule {
     /// The first tick strictly after `after`, in time zone `tz`; for an interval, `after` is
-    /// the previous tick. `None` when there is none (a clocked entry already past, or a crontab
-    /// that never matches).
+    /// the previous tick. `None` when there is none (a clocked entry already past, a crontab
+    /// that never matches, or a solar event that does not happen within a year).
     pub fn next_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
         match self {
             Self::Interval(every) => {
@@ -38,6 +43,7 @@ impl Schedule {
             }
             Self::Crontab(c) => c.next_after(after, tz),
             Self::Clocked(at) => (*at > after).then_some(*at),
+            Self::Solar(s) => s.next_after(after),
         }
     }
 
@@ -57,6 +63,7 @@ impl Schedule {
             Self::Interval(every) => format!("every {}s", every.as_secs_f64()),
             Self::Crontab(c) => format!("crontab {c}"),
             Self::Clocked(at) => format!("clocked {}", at.to_rfc3339()),
+            Self::Solar(s) => format!("solar {s}"),
         }
     }
 }
@@ -91,5 +98,18 @@ mod tests {
         assert_eq!(s.first_tick(at(10, 0, 0), Tz::UTC), Some(at(9, 0, 0)));
         assert_eq!(s.next_after(at(9, 0, 0), Tz::UTC), None);
         assert_eq!(s.next_after(at(8, 0, 0), Tz::UTC), Some(at(9, 0, 0)));
+    }
+
+    #[test]
+    fn solar_ignores_the_time_zone_and_describes_itself() {
+        let s = Schedule::Solar(Solar::new("sunset", 51.5, -0.12).expect("valid"));
+        assert_eq!(
+            s.next_after(at(10, 0, 0), Tz::UTC),
+            s.next_after(at(10, 0, 0), Tz::Asia__Tokyo)
+        );
+        assert_eq!(
+            s.describe(),
+            "solar sunset at latitude 51.5, longitude -0.12"
+        );
     }
 }
