@@ -89,10 +89,11 @@ def start_worker(redis_server, tmp_path, request):
     """Starts celeriac-worker: start_worker("-Q", "default", ...) -> CeleriacWorker (ready)."""
     started = []
 
-    def start(*args, ready=True, env=None, broker_url=None, backend_url=None, name=None, loglevel="INFO"):
-        """backend_url="" runs without a result backend."""
+    def start(*args, ready=True, env=None, broker_url=None, backend_url=None, name=None, loglevel="INFO",
+              binary=None):
+        """backend_url="" runs without a result backend; `binary` replaces celeriac-worker."""
         n = len(started) + 1
-        argv = [WORKER_BIN,
+        argv = [binary or WORKER_BIN,
                 "--broker", broker_url or redis_server.url(0),
                 "--result-backend", redis_server.url(1) if backend_url is None else backend_url,
                 "--hostname", name or f"rs{n}@%h",

@@ -1,4 +1,5 @@
-//! The README's "Writing your own handlers" example, compiled by `cargo test` so it stays true.
+//! The README's "Writing your own handlers" example, compiled by `cargo test` so it stays true
+//! (and run by the interop suite, `tests/test_resources.py`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -14,6 +15,14 @@ struct Thumbnail {
     quality: Option<u8>,
 }
 
+/// Your own state, built once at startup and shared by every task.
+struct Branding {
+    prefix: String,
+}
+
+/// Stands for a resource this worker was not given (say, a database pool).
+struct Database;
+
 async fn thumbnail(ctx: TaskContext, args: Thumbnail) -> Result<String, TaskError> {
     if args.width == 0 {
         // AsyncResult.get() raises ValueError("width must be positive") in Python.
@@ -23,11 +32,17 @@ async fn thumbnail(ctx: TaskContext, args: Thumbnail) -> Result<String, TaskErro
         // Like self.retry(countdown=5): same id, retries + 1, up to max_retries.
         return Err(ctx.retry().countdown(Duration::from_secs(5)).into());
     }
+    let branding = ctx.resource::<Branding>()?;
     let quality = args.quality.unwrap_or(85);
     Ok(format!(
-        "thumbs/{}-{}-q{quality}.jpg",
-        args.image_id, args.width
+        "{}/{}-{}-q{quality}.jpg",
+        branding.prefix, args.image_id, args.width
     ))
+}
+
+async fn nightly_report(ctx: TaskContext, _args: ()) -> Result<u64, TaskError> {
+    let _db = ctx.resource::<Database>()?;
+    Ok(0)
 }
 
 fn storage_is_busy() -> bool {
@@ -38,11 +53,20 @@ fn main() -> ExitCode {
     // Same flags and environment as celeriac-worker; the celeriac.test.* tasks are included.
     celeriac_worker::cli::main(
         Registry::builder()
+            .resource(Branding {
+                prefix: "thumbs".into(),
+            })
+            .unavailable::<Database>("DATABASE_URL is not set")
             .task("media.tasks.thumbnail", thumbnail)
             .task_with(
                 "media.tasks.slow",
                 TaskOptions::default().max_retries(Some(10)),
                 thumbnail,
+            )
+            .task_with(
+                "reports.tasks.nightly",
+                TaskOptions::default().requires::<Database>(),
+                nightly_report,
             ),
     )
 }

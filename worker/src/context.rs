@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::resources::{ResourceError, Resources};
 use crate::task_error::Retry;
 
 /// Where the message came from (`request.delivery_info`).
@@ -61,11 +62,19 @@ pub struct Request {
 #[derive(Debug, Clone)]
 pub struct TaskContext {
     request: Arc<Request>,
+    resources: Resources,
 }
 
 impl TaskContext {
-    pub(crate) fn new(request: Arc<Request>) -> Self {
-        Self { request }
+    pub(crate) fn new(request: Arc<Request>, resources: Resources) -> Self {
+        Self { request, resources }
+    }
+
+    /// The worker's resource of type `T` (added with
+    /// [`RegistryBuilder::resource`](crate::RegistryBuilder::resource)). `?` turns a missing one
+    /// into a failure that names it: `let pool = ctx.resource::<MySqlPool>()?;`.
+    pub fn resource<T: std::any::Any + Send + Sync>(&self) -> Result<&T, ResourceError> {
+        self.resources.get::<T>()
     }
 
     /// The request.

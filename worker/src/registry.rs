@@ -18,6 +18,7 @@ use thiserror::Error;
 
 use crate::args;
 use crate::context::TaskContext;
+use crate::resources::{Requirement, ResourceError, Resources, ResourcesBuilder};
 use crate::task_error::{PyError, TaskError};
 
 /// Per-task settings, with Celery's defaults.
@@ -34,6 +35,8 @@ pub struct TaskOptions {
     pub ignore_result: bool,
     /// Hard time limit when the message sets none.
     pub time_limit: Option<Duration>,
+    /// Resources the task cannot run without (see [`TaskOptions::requires`]).
+    pub requires: Vec<Requirement>,
 }
 
 impl Default for TaskOptions {
@@ -44,6 +47,7 @@ impl Default for TaskOptions {
             track_started: false,
             ignore_result: false,
             time_limit: None,
+            requires: Vec::new(),
         }
     }
 }
@@ -76,6 +80,13 @@ impl TaskOptions {
     /// Sets the hard time limit.
     pub fn time_limit(mut self, limit: Option<Duration>) -> Self {
         self.time_limit = limit;
+        self
+    }
+
+    /// Declares that the task needs the resource of type `T`: when the worker has none, the task
+    /// is named at startup and its messages fail with the reason instead of running.
+    pub fn requires<T: std::any::Any + Send + Sync>(mut self) -> Self {
+        self.requires.push(Requirement::of::<T>());
         self
     }
 }
@@ -181,10 +192,11 @@ pub enum RegistryError {
     EmptyName,
 }
 
-/// Collects handlers; [`build`](Self::build) freezes them.
+/// Collects handlers and resources; [`build`](Self::build) freezes them.
 #[derive(Default)]
 pub struct RegistryBuilder {
     tasks: Vec<RegisteredTask>,
+    resources: ResourcesBuilder,
 }
 
 impl std::fmt::Debug for RegistryBuilder {
@@ -196,6 +208,23 @@ impl std::fmt::Debug for RegistryBuilder {
 }
 
 impl RegistryBuilder {
+    /// Adds a resource (a pool, a client, your own state), built once, reached by handlers with
+    /// [`TaskContext::resource`]. One value per type; a later one replaces an earlier one.
+    pub fn resource<T: std::any::Any + Send + Sync>(mut self, value: T) -> Self {
+        self.resources.insert(value);
+        self
+    }
+
+    /// Declares that the resource of type `T` is missing, and why (`"DATABASE_URL is not
+    /// set"`): tasks that require it are reported at startup and fail with this reason.
+    pub fn unavailable<T: std::any::Any + Send + Sync>(
+        mut self,
+        reason: impl Into<String>,
+    ) -> Self {
+        self.resources.unavailable::<T>(reason.into());
+        self
+    }
+
     /// Registers `handler` under `name` with default options.
     pub fn task<F, Fut, A, R>(self, name: &str, handler: F) -> Self
     where
@@ -238,14 +267,18 @@ impl RegistryBuilder {
             }
             tasks.insert(t.name.clone(), Arc::new(t));
         }
-        Ok(Registry { tasks })
+        Ok(Registry {
+            tasks,
+            resources: self.resources.build(),
+        })
     }
 }
 
-/// The frozen set of tasks a worker runs.
+/// The frozen set of tasks a worker runs, with the resources they reach.
 #[derive(Debug, Clone)]
 pub struct Registry {
     tasks: HashMap<String, Arc<RegisteredTask>>,
+    resources: Resources,
 }
 
 impl Registry {
@@ -257,6 +290,37 @@ impl Registry {
     /// The task registered under `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<RegisteredTask>> {
         self.tasks.get(name)
+    }
+
+    /// The resources handed to every task.
+    pub fn resources(&self) -> &Resources {
+        &self.resources
+    }
+
+    /// Why `task` cannot run on this worker (a resource it requires is missing), if so.
+    pub fn unavailable_reason(&self, task: &RegisteredTask) -> Option<ResourceError> {
+        task.options
+            .requires
+            .iter()
+            .find(|r| !self.resources.has(r.id))
+            .map(|r| ResourceError {
+                resource: r.name,
+                reason: self
+                    .resources
+                    .reason(r.id)
+                    .unwrap_or_else(|| "not configured".into()),
+            })
+    }
+
+    /// The tasks that cannot run on this worker, with the reason, sorted by name.
+    pub fn unavailable(&self) -> Vec<(&str, ResourceError)> {
+        let mut out: Vec<_> = self
+            .tasks
+            .values()
+            .filter_map(|t| self.unavailable_reason(t).map(|e| (t.name(), e)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(b.0));
+        out
     }
 
     /// Registered names, sorted.
@@ -293,5 +357,41 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(reg.names(), ["a", "b"]);
+    }
+
+    struct Database;
+
+    #[test]
+    fn tasks_that_need_a_missing_resource_are_named_with_the_reason() {
+        let reg = Registry::builder()
+            .unavailable::<Database>("DATABASE_URL is not set")
+            .resource(7u32)
+            .task_with(
+                "needs-db",
+                TaskOptions::default().requires::<Database>(),
+                noop,
+            )
+            .task_with("needs-u32", TaskOptions::default().requires::<u32>(), noop)
+            .task_with(
+                "needs-string",
+                TaskOptions::default().requires::<String>(),
+                noop,
+            )
+            .task("free", noop)
+            .build()
+            .unwrap();
+        let unavailable: Vec<(&str, String)> = reg
+            .unavailable()
+            .into_iter()
+            .map(|(t, e)| (t, e.reason))
+            .collect();
+        assert_eq!(
+            unavailable,
+            [
+                ("needs-db", "DATABASE_URL is not set".to_owned()),
+                ("needs-string", "not configured".to_owned())
+            ]
+        );
+        assert_eq!(reg.resources().get::<u32>(), Ok(&7));
     }
 }

@@ -138,6 +138,11 @@ impl Worker {
             shared.config.concurrency,
             shared.config.prefetch_limit(),
         );
+        for (task, missing) in shared.registry.unavailable() {
+            warn!(
+                "task {task} is unavailable on this worker: {missing}; its messages fail with this reason"
+            );
+        }
 
         consumer::run(shared.clone(), prefetch, jobs.clone()).await;
 
