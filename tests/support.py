@@ -181,3 +181,19 @@ def dead_letters(broker):
         out.append(rec)
     return out
 
+
+
+def beat_listing(schedule_path, after, count):
+    """The records of `celeriac-beat schedule --format json` for a schedule file: the next `count`
+    fire times of every entry strictly after the aware datetime `after` (entries left out would
+    carry "error", and fail the caller's test)."""
+    out = subprocess.run(
+        [BEAT_BIN, "schedule", "--schedule", str(schedule_path), "--count", str(count),
+         "--after", after.isoformat().replace("+00:00", "Z"), "--format", "json"],
+        capture_output=True, text=True, timeout=60, env=dict(os.environ, CELERY_TIMEZONE="UTC"))
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    for rec in records:
+        assert "error" not in rec, rec
+        assert len(rec["fires"]) == count, rec
+    return records

@@ -21,10 +21,8 @@ A second test follows six fires in a row from the instants near DST changes.
 """
 
 import datetime as dt
-import json
 import os
 import re
-import subprocess
 import zoneinfo
 from bisect import bisect_right
 
@@ -33,7 +31,7 @@ import pytest
 from celery import Celery
 from celery.schedules import crontab, crontab_parser
 
-from support import BEAT_BIN
+from support import BEAT_BIN, beat_listing
 
 UTC = dt.timezone.utc
 
@@ -277,18 +275,8 @@ def schedule_file(tmp_path):
 
 def beat_fires(path, instant, count):
     """{entry: (zone, [fires, aware as printed])} from `celeriac-beat schedule`."""
-    out = subprocess.run(
-        [BEAT_BIN, "schedule", "--schedule", str(path), "--count", str(count),
-         "--after", instant.isoformat().replace("+00:00", "Z"), "--format", "json"],
-        capture_output=True, text=True, timeout=60, env=dict(os.environ, CELERY_TIMEZONE="UTC"))
-    assert out.returncode == 0, out.stderr
-    result = {}
-    for line in out.stdout.splitlines():
-        rec = json.loads(line)
-        assert "error" not in rec, rec
-        assert len(rec["fires"]) == count, rec
-        result[rec["entry"]] = (rec["timezone"], [dt.datetime.fromisoformat(f) for f in rec["fires"]])
-    return result
+    return {rec["entry"]: (rec["timezone"], [dt.datetime.fromisoformat(f) for f in rec["fires"]])
+            for rec in beat_listing(path, instant, count)}
 
 
 def zone_transitions():

@@ -12,15 +12,13 @@ A second test follows four events in a row: each of Celery's is computed from th
 """
 
 import datetime as dt
-import json
 import os
-import subprocess
 
 import pytest
 from celery import Celery
 from celery.schedules import solar
 
-from support import BEAT_BIN
+from support import BEAT_BIN, beat_listing
 
 pytestmark = pytest.mark.once
 
@@ -73,19 +71,10 @@ def schedule_file(tmp_path):
 
 def beat_fires(path, instant, count):
     """{entry: [fires, as UTC datetimes]} from `celeriac-beat schedule`."""
-    out = subprocess.run(
-        [BEAT_BIN, "schedule", "--schedule", str(path), "--count", str(count),
-         "--after", instant.isoformat().replace("+00:00", "Z"), "--format", "json"],
-        capture_output=True, text=True, timeout=60, env=dict(os.environ, CELERY_TIMEZONE="UTC"))
-    assert out.returncode == 0, out.stderr
-    result = {}
-    for line in out.stdout.splitlines():
-        rec = json.loads(line)
-        assert "error" not in rec, rec
-        assert len(rec["fires"]) == count, rec
-        assert rec["schedule"].startswith("solar "), rec
-        result[rec["entry"]] = [dt.datetime.fromisoformat(f).astimezone(UTC) for f in rec["fires"]]
-    return result
+    records = beat_listing(path, instant, count)
+    assert all(rec["schedule"].startswith("solar ") for rec in records)
+    return {rec["entry"]: [dt.datetime.fromisoformat(f).astimezone(UTC) for f in rec["fires"]]
+            for rec in records}
 
 
 def require_binary():
