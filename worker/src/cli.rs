@@ -179,13 +179,12 @@ impl Args {
             .map(|q| q.trim().to_owned())
             .filter(|q| !q.is_empty())
             .collect();
+        config.default_queue = std::env::var("CELERY_TASK_DEFAULT_QUEUE")
+            .ok()
+            .filter(|q| !q.is_empty())
+            .unwrap_or_else(|| "celery".into());
         config.queues = if queues.is_empty() {
-            vec![
-                std::env::var("CELERY_TASK_DEFAULT_QUEUE")
-                    .ok()
-                    .filter(|q| !q.is_empty())
-                    .unwrap_or_else(|| "celery".into()),
-            ]
+            vec![config.default_queue.clone()]
         } else {
             queues
         };

@@ -16,6 +16,8 @@ pub struct WorkerConfig {
     pub result_backend: Option<RedisUrl>,
     /// Queues to consume, in priority of polling.
     pub queues: Vec<String>,
+    /// Queue of tasks sent from handlers without one (Celery's `task_default_queue`).
+    pub default_queue: String,
     /// Tasks run at the same time.
     pub concurrency: usize,
     /// Messages held per concurrency slot (0: no limit). Celery: 4.
@@ -49,6 +51,7 @@ impl WorkerConfig {
             broker,
             result_backend: None,
             queues: vec!["celery".into()],
+            default_queue: "celery".into(),
             concurrency: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),

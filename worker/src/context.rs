@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::resources::{ResourceError, Resources};
+use crate::sender::{SendTask, TaskSender};
 use crate::task_error::Retry;
 
 /// Where the message came from (`request.delivery_info`).
@@ -63,11 +64,36 @@ pub struct Request {
 pub struct TaskContext {
     request: Arc<Request>,
     resources: Resources,
+    sender: Arc<TaskSender>,
 }
 
 impl TaskContext {
-    pub(crate) fn new(request: Arc<Request>, resources: Resources) -> Self {
-        Self { request, resources }
+    pub(crate) fn new(
+        request: Arc<Request>,
+        resources: Resources,
+        sender: Arc<TaskSender>,
+    ) -> Self {
+        Self {
+            request,
+            resources,
+            sender,
+        }
+    }
+
+    /// Starts sending a Celery task, with this task as its parent (as `send_task` or `.delay()`
+    /// inside a Python task): `ctx.send_task("tasks.add").args(vec![2.into(), 3.into()])
+    /// .queue("default").send().await?` returns the new task's id.
+    pub fn send_task(&self, task: &str) -> SendTask {
+        let root = self
+            .request
+            .root_id
+            .clone()
+            .unwrap_or_else(|| self.request.id.clone());
+        SendTask::new(
+            self.sender.clone(),
+            task,
+            Some((self.request.id.clone(), root)),
+        )
     }
 
     /// The worker's resource of type `T` (added with

@@ -18,7 +18,7 @@ use crate::context::{DeliveryInfo, Request, TaskContext};
 use crate::outcome::{
     count, discard_expired, fail, ignores_result, record, reject, retry, settle, store_only,
 };
-use crate::registry::{RegisteredTask, Registry};
+use crate::registry::RegisteredTask;
 use crate::retry::until_ok;
 use crate::task_error::{PyError, TaskError};
 use crate::worker::Shared;
@@ -134,7 +134,7 @@ pub(crate) async fn process(shared: Arc<Shared>, mut job: Job) {
             warn!("Task {name}[{id}] stopped by shutdown; its message goes back to the queue");
             return; // still in flight: the shutdown hands it back
         }
-        r = execute(&msg, &task, request, &shared.registry) => r,
+        r = execute(&msg, &task, request, &shared) => r,
     };
     let runtime = started_at.elapsed();
     drop(_slot);
@@ -167,14 +167,15 @@ async fn execute(
     msg: &TaskMessage,
     task: &Arc<RegisteredTask>,
     request: Arc<Request>,
-    registry: &Registry,
+    shared: &Shared,
 ) -> Result<Value, TaskError> {
+    let registry = &shared.registry;
     if let Some(missing) = registry.unavailable_reason(task) {
         // Named at startup too; the message fails with the reason rather than being dropped.
         return Err(missing.into());
     }
     let call = task.call(
-        TaskContext::new(request, registry.resources().clone()),
+        TaskContext::new(request, registry.resources().clone(), shared.sender.clone()),
         msg.args.clone(),
         msg.kwargs.clone(),
     );

@@ -11,6 +11,8 @@ use crate::context::TaskContext;
 use crate::registry::{RegistryBuilder, TaskOptions};
 use crate::task_error::{PyError, TaskError};
 
+mod spawn;
+
 /// Adds the `celeriac.test.*` tasks to a registry.
 pub fn register(builder: RegistryBuilder) -> RegistryBuilder {
     builder
@@ -27,6 +29,7 @@ pub fn register(builder: RegistryBuilder) -> RegistryBuilder {
         )
         .task("celeriac.test.request", request)
         .task("celeriac.test.reject", reject)
+        .task("celeriac.test.spawn", spawn::spawn)
 }
 
 #[derive(Debug, Deserialize)]

@@ -22,6 +22,7 @@ use crate::config::WorkerConfig;
 use crate::inflight::InFlight;
 use crate::job::{self, Job};
 use crate::registry::Registry;
+use crate::sender::TaskSender;
 use crate::settle::{self, Settler};
 use crate::{consumer, maintenance};
 
@@ -59,6 +60,8 @@ pub(crate) struct Shared {
     pub abort: CancellationToken,
     /// `gen<pid>@<host>`, Celery's origin for messages this process publishes.
     pub origin: String,
+    /// Sends the tasks handlers send.
+    pub sender: Arc<TaskSender>,
 }
 
 /// A Celery-compatible worker.
@@ -108,9 +111,17 @@ impl Worker {
             closing.clone(),
             give_up.clone(),
         );
+        let origin = format!("gen{}@{}", std::process::id(), crate::cli::host_name());
+        let sender = Arc::new(TaskSender::new(
+            broker.clone(),
+            origin.clone(),
+            config.timezone,
+            config.default_queue.clone(),
+        ));
         let shared = Arc::new(Shared {
             concurrency: Arc::new(Semaphore::new(config.concurrency.max(1))),
-            origin: format!("gen{}@{}", std::process::id(), crate::cli::host_name()),
+            origin,
+            sender,
             config,
             registry,
             broker,

@@ -429,6 +429,27 @@ impl RedisBroker {
         Ok(())
     }
 
+    /// Publishes an envelope to `queue` as a Kombu sender does the first time: the queue's
+    /// bindings (as [`declare_queues`](Self::declare_queues)) and the LPUSH, in one atomic
+    /// round trip.
+    pub async fn publish_declared(
+        &self,
+        queue: &str,
+        env: &Envelope,
+    ) -> Result<(), RedisClientError> {
+        let member = kombu::binding_member(queue, "", queue);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .sadd(kombu::binding_key(queue), &member)
+            .ignore()
+            .sadd(kombu::binding_permanent_key(queue), &member)
+            .ignore()
+            .lpush(kombu::queue_key(queue, env.priority()), env.to_json())
+            .ignore();
+        pipe.query_async::<()>(&mut self.cmd.clone()).await?;
+        Ok(())
+    }
+
     /// Publishes an envelope to `queue` at its priority (LPUSH, as Kombu's `_put`).
     pub async fn publish(&self, queue: &str, env: &Envelope) -> Result<(), RedisClientError> {
         let key = kombu::queue_key(queue, env.priority());
