@@ -5,6 +5,7 @@
 //! until a handler says which types it wants.
 
 use serde::Deserialize as _;
+use serde::ser::{Error as _, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::error::{DecodeError, EncodeError};
@@ -88,10 +89,43 @@ impl ContentType {
                 content_type: self.mime(),
                 reason: e.to_string(),
             }),
-            Self::Msgpack => rmp_serde::to_vec_named(value).map_err(|e| EncodeError::Serialize {
-                content_type: self.mime(),
-                reason: e.to_string(),
-            }),
+            Self::Msgpack => {
+                rmp_serde::to_vec_named(&MsgpackValue(value)).map_err(|e| EncodeError::Serialize {
+                    content_type: self.mime(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
+/// A `Value` as msgpack writes it: numbers as msgpack integers and floats.
+///
+/// With serde_json's `arbitrary_precision` (on in this workspace) a `Number` serializes as a
+/// private one-field struct holding its text, which serde_json's own serializers understand and
+/// msgpack would write as a map. An integer msgpack cannot hold fails as Python's msgpack does.
+struct MsgpackValue<'a>(&'a Value);
+
+impl Serialize for MsgpackValue<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Number(n) => {
+                if let Some(u) = n.as_u64() {
+                    s.serialize_u64(u)
+                } else if let Some(i) = n.as_i64() {
+                    s.serialize_i64(i)
+                } else if n.to_string().contains(['.', 'e', 'E']) {
+                    match n.as_f64() {
+                        Some(f) => s.serialize_f64(f),
+                        None => Err(S::Error::custom(format!("float out of range: {n}"))),
+                    }
+                } else {
+                    Err(S::Error::custom("Integer value out of range"))
+                }
+            }
+            Value::Array(items) => s.collect_seq(items.iter().map(MsgpackValue)),
+            Value::Object(m) => s.collect_map(m.iter().map(|(k, v)| (k, MsgpackValue(v)))),
+            other => other.serialize(s),
         }
     }
 }
@@ -120,5 +154,24 @@ mod tests {
         let body = json!([[1, "x"], {"k": [1, 2]}, {"callbacks": null}]);
         let bytes = ContentType::Msgpack.encode(&body).unwrap();
         assert_eq!(ContentType::Msgpack.decode(&bytes).unwrap(), body);
+    }
+
+    #[test]
+    fn msgpack_writes_numbers_as_msgpack_numbers() {
+        // [5, -3, 2**64 - 1, 2.5] as Python's msgpack.packb writes it.
+        let body: Value = serde_json::from_str("[5, -3, 18446744073709551615, 2.5]").unwrap();
+        let bytes = ContentType::Msgpack.encode(&body).unwrap();
+        let mut want = vec![0x94, 0x05, 0xfd, 0xcf];
+        want.extend_from_slice(&u64::MAX.to_be_bytes());
+        want.push(0xcb);
+        want.extend_from_slice(&2.5f64.to_be_bytes());
+        assert_eq!(bytes, want);
+        // msgpack.packb(2**64) raises OverflowError("Integer value out of range").
+        let too_big: Value = serde_json::from_str("[18446744073709551616]").unwrap();
+        let e = ContentType::Msgpack
+            .encode(&too_big)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Integer value out of range"), "{e}");
     }
 }

@@ -8,11 +8,15 @@
 
 use std::fmt;
 
-use serde::de::{self, DeserializeOwned, Deserializer, IntoDeserializer, MapAccess, Visitor};
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::task_error::PyError;
+
+mod plain;
+
+use plain::Plain;
 
 /// Every argument as sent, for handlers that take `*args, **kwargs`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
@@ -109,7 +113,7 @@ impl ArgsDeserializer {
 macro_rules! positional {
     ($($method:ident)*) => {$(
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, BindError> {
-            self.positional_only("this task")?.$method(visitor).map_err(from_json)
+            Plain(self.positional_only("this task")?).$method(visitor).map_err(from_json)
         }
     )*};
 }
@@ -127,8 +131,7 @@ impl<'de> Deserializer<'de> for ArgsDeserializer {
             let mut m = Map::new();
             m.insert("args".into(), Value::Array(self.args));
             m.insert("kwargs".into(), Value::Object(self.kwargs));
-            return Value::Object(m)
-                .into_deserializer()
+            return Plain(Value::Object(m))
                 .deserialize_map(visitor)
                 .map_err(from_json);
         }
@@ -157,7 +160,7 @@ impl<'de> Deserializer<'de> for ArgsDeserializer {
             }
             bound.insert(key, value);
         }
-        Value::Object(bound)
+        Plain(Value::Object(bound))
             .deserialize_struct(name, fields, visitor)
             .map_err(from_json)
     }
@@ -206,7 +209,9 @@ impl<'de> Deserializer<'de> for ArgsDeserializer {
                 if len == 1 { "" } else { "s" }
             )));
         }
-        args.deserialize_tuple(len, visitor).map_err(from_json)
+        Plain(args)
+            .deserialize_tuple(len, visitor)
+            .map_err(from_json)
     }
 
     fn deserialize_tuple_struct<V: Visitor<'de>>(
@@ -225,7 +230,7 @@ impl<'de> Deserializer<'de> for ArgsDeserializer {
                 self.args.len()
             )));
         }
-        Value::Object(self.kwargs)
+        Plain(Value::Object(self.kwargs))
             .deserialize_map(visitor)
             .map_err(from_json)
     }
@@ -244,7 +249,7 @@ impl<'de> Deserializer<'de> for ArgsDeserializer {
         variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, BindError> {
-        self.positional_only("this task")?
+        Plain(self.positional_only("this task")?)
             .deserialize_enum(name, variants, visitor)
             .map_err(from_json)
     }
@@ -313,6 +318,27 @@ mod tests {
             msg(bind("add", vec![json!("a"), json!(2)], Map::new()))
                 .starts_with("TypeError: add() got invalid arguments")
         );
+    }
+
+    #[test]
+    fn numbers_of_the_wrong_kind_say_what_was_expected() {
+        let msg = |args: Vec<Value>| {
+            bind::<WithDefault>("retry", args, Map::new())
+                .unwrap_err()
+                .exception
+                .summary()
+        };
+        assert_eq!(
+            msg(vec![json!(-1)]),
+            "TypeError: retry() got invalid arguments: invalid value: integer `-1`, expected u32"
+        );
+        assert_eq!(
+            msg(vec![json!(2.5)]),
+            "TypeError: retry() got invalid arguments: invalid type: floating point `2.5`, \
+             expected u32"
+        );
+        let d: WithDefault = bind("retry", vec![json!(1), json!(3)], Map::new()).unwrap();
+        assert_eq!(d.countdown, Some(3.0));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::context::TaskContext;
 use crate::registry::{RegistryBuilder, TaskOptions};
 use crate::task_error::{PyError, TaskError};
 
+mod pyops;
 mod spawn;
 
 /// Adds the `celeriac.test.*` tasks to a registry.
@@ -32,65 +33,29 @@ pub fn register(builder: RegistryBuilder) -> RegistryBuilder {
         .task("celeriac.test.spawn", spawn::spawn)
 }
 
+/// `add(x, y)` and `mul(x, y)`: any JSON values, as Python's `x + y` and `x * y` take them.
 #[derive(Debug, Deserialize)]
 struct Pair {
-    x: Number,
-    y: Number,
+    x: Value,
+    y: Value,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Op {
-    Add,
-    Mul,
+async fn add(_ctx: TaskContext, Pair { x, y }: Pair) -> Result<Value, TaskError> {
+    Ok(pyops::add(&x, &y)?)
 }
 
-/// Python-like arithmetic on JSON numbers: integers stay integers unless they overflow.
-fn arith(x: &Number, y: &Number, op: Op) -> Result<Number, PyError> {
-    let sign = match op {
-        Op::Add => "+",
-        Op::Mul => "*",
-    };
-    if let (Some(a), Some(b)) = (x.as_i64(), y.as_i64()) {
-        let r = match op {
-            Op::Add => a.checked_add(b),
-            Op::Mul => a.checked_mul(b),
-        };
-        return r.map(Number::from).ok_or_else(|| {
-            PyError::builtin(
-                "OverflowError",
-                format!("{a} {sign} {b} does not fit in 64 bits"),
-            )
-        });
-    }
-    let (a, b) = (
-        x.as_f64().unwrap_or(f64::NAN),
-        y.as_f64().unwrap_or(f64::NAN),
-    );
-    let r = match op {
-        Op::Add => a + b,
-        Op::Mul => a * b,
-    };
-    Number::from_f64(r)
-        .ok_or_else(|| PyError::builtin("OverflowError", format!("{a} {sign} {b} is not finite")))
+async fn mul(_ctx: TaskContext, Pair { x, y }: Pair) -> Result<Value, TaskError> {
+    Ok(pyops::mul(&x, &y)?)
 }
 
-async fn add(_ctx: TaskContext, Pair { x, y }: Pair) -> Result<Number, TaskError> {
-    Ok(arith(&x, &y, Op::Add)?)
-}
-
-async fn mul(_ctx: TaskContext, Pair { x, y }: Pair) -> Result<Number, TaskError> {
-    Ok(arith(&x, &y, Op::Mul)?)
-}
-
+/// `xsum(numbers)`: Python's `sum(numbers)`, so any iterable JSON value.
 #[derive(Debug, Deserialize)]
 struct XSum {
-    numbers: Vec<Number>,
+    numbers: Value,
 }
 
-async fn xsum(_ctx: TaskContext, XSum { numbers }: XSum) -> Result<Number, TaskError> {
-    Ok(numbers
-        .iter()
-        .try_fold(Number::from(0), |acc, n| arith(&acc, n, Op::Add))?)
+async fn xsum(_ctx: TaskContext, XSum { numbers }: XSum) -> Result<Value, TaskError> {
+    Ok(pyops::sum(&numbers)?)
 }
 
 async fn echo(_ctx: TaskContext, raw: RawArgs) -> Result<Value, TaskError> {
