@@ -263,6 +263,24 @@ async fn watch_signals(shutdown: CancellationToken) {
     std::process::exit(code);
 }
 
+/// Adds the resources the worker builds from the environment (the MySQL pool of
+/// `DATABASE_URL`, with feature `mysql`), inside `runtime`.
+fn with_resources(
+    tasks: RegistryBuilder,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<RegistryBuilder, ConfigError> {
+    let _inside = runtime.enter();
+    #[cfg(feature = "mysql")]
+    let tasks = {
+        let (tasks, pool) = crate::mysql::add_pool(tasks)?;
+        if let Some((url, size)) = pool {
+            tracing::info!("MySQL pool: {url}, up to {size} connections (connecting lazily)");
+        }
+        tasks
+    };
+    Ok(tasks)
+}
+
 /// Runs the worker binary with `tasks` plus the `celeriac.test.*` tasks.
 pub fn main(tasks: RegistryBuilder) -> ExitCode {
     let args = Args::parse();
@@ -286,13 +304,6 @@ pub fn main(tasks: RegistryBuilder) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let registry = match test_tasks::register(tasks).build() {
-        Ok(r) => r,
-        Err(e) => {
-            error!("invalid task registry: {e}");
-            return ExitCode::from(2);
-        }
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -301,6 +312,20 @@ pub fn main(tasks: RegistryBuilder) -> ExitCode {
         Err(e) => {
             error!("cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
+        }
+    };
+    let tasks = match with_resources(tasks, &runtime) {
+        Ok(t) => t,
+        Err(e) => {
+            error!("invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let registry = match test_tasks::register(tasks).build() {
+        Ok(r) => r,
+        Err(e) => {
+            error!("invalid task registry: {e}");
+            return ExitCode::from(2);
         }
     };
     let result = runtime.block_on(async move {

@@ -26,6 +26,8 @@ pub mod context;
 mod inflight;
 mod job;
 mod maintenance;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 mod outcome;
 pub mod registry;
 pub mod resources;

@@ -304,7 +304,7 @@ impl Registry {
             .iter()
             .find(|r| !self.resources.has(r.id))
             .map(|r| ResourceError {
-                resource: r.name,
+                resource: r.name.clone(),
                 reason: self
                     .resources
                     .reason(r.id)

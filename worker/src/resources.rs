@@ -13,12 +13,31 @@ use thiserror::Error;
 
 use crate::task_error::{PyError, TaskError};
 
+/// A type's name without its module paths: `Pool<MySql>` for
+/// `sqlx_core::pool::Pool<sqlx_mysql::database::MySql>`.
+pub(crate) fn short_type_name<T: ?Sized>() -> String {
+    let full = type_name::<T>();
+    let mut out = String::with_capacity(full.len());
+    let mut word = String::new();
+    for c in full.chars() {
+        if c.is_alphanumeric() || c == '_' || c == ':' {
+            word.push(c);
+        } else {
+            out.push_str(word.rsplit("::").next().unwrap_or(&word));
+            word.clear();
+            out.push(c);
+        }
+    }
+    out.push_str(word.rsplit("::").next().unwrap_or(&word));
+    out
+}
+
 /// A resource a handler asked for is not there.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{resource} is unavailable: {reason}")]
 pub struct ResourceError {
-    /// The resource's type name.
-    pub resource: &'static str,
+    /// The resource's type name, without module paths.
+    pub resource: String,
     /// Why (as declared at startup, or "not configured").
     pub reason: String,
 }
@@ -33,7 +52,7 @@ impl From<ResourceError> for TaskError {
 #[derive(Default)]
 struct Map {
     present: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
-    absent: HashMap<TypeId, (&'static str, String)>,
+    absent: HashMap<TypeId, (String, String)>,
 }
 
 /// The resources of a worker, shared by every task (cheap to clone).
@@ -52,7 +71,7 @@ impl std::fmt::Debug for Resources {
                     .map
                     .absent
                     .values()
-                    .map(|(n, _)| *n)
+                    .map(|(n, _)| n.as_str())
                     .collect::<Vec<_>>(),
             )
             .finish()
@@ -72,7 +91,7 @@ impl Resources {
             return Ok(value);
         }
         Err(ResourceError {
-            resource: type_name::<T>(),
+            resource: short_type_name::<T>(),
             reason: self.reason(id).unwrap_or_else(|| "not configured".into()),
         })
     }
@@ -104,7 +123,7 @@ impl ResourcesBuilder {
     pub(crate) fn unavailable<T: Any + Send + Sync>(&mut self, reason: String) {
         let id = TypeId::of::<T>();
         self.map.present.remove(&id);
-        self.map.absent.insert(id, (type_name::<T>(), reason));
+        self.map.absent.insert(id, (short_type_name::<T>(), reason));
     }
 
     pub(crate) fn build(self) -> Resources {
@@ -115,10 +134,10 @@ impl ResourcesBuilder {
 }
 
 /// A resource a task needs: its type, and its name for messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Requirement {
     pub(crate) id: TypeId,
-    pub(crate) name: &'static str,
+    pub(crate) name: String,
 }
 
 impl Requirement {
@@ -126,7 +145,7 @@ impl Requirement {
     pub fn of<T: Any + Send + Sync>() -> Self {
         Self {
             id: TypeId::of::<T>(),
-            name: type_name::<T>(),
+            name: short_type_name::<T>(),
         }
     }
 }
@@ -158,5 +177,14 @@ mod tests {
             panic!("a failure");
         };
         assert_eq!(py.exception.exc_type, "RuntimeError");
+    }
+
+    #[test]
+    fn type_names_lose_their_paths() {
+        assert_eq!(short_type_name::<Pool>(), "Pool");
+        assert_eq!(
+            short_type_name::<std::collections::HashMap<String, Vec<u8>>>(),
+            "HashMap<String, Vec<u8>>"
+        );
     }
 }
