@@ -1,9 +1,11 @@
 """A user's own worker binary (the README's example, worker/examples/custom_worker.rs) with its
-resources: a handler reaches the state it was given at startup and the MySQL pool the worker
-builds from DATABASE_URL; without DATABASE_URL, the task that needs the pool is named at startup
-and fails with the reason, stored as Python's RuntimeError, while the worker carries on."""
+resources: a handler reaches the state it was given at startup, the MySQL pool the worker builds
+from DATABASE_URL, and the S3 storage it builds from django-storages' settings (against the moto
+server); without them, the tasks that need them are named at startup and fail with the reason,
+stored as Python's RuntimeError, while the worker carries on."""
 
 import os
+import pathlib
 import signal
 
 import pytest
@@ -19,6 +21,7 @@ def example_worker(start_worker):
     def start(env=None):
         env = dict(env or {})
         env.setdefault("DATABASE_URL", "")
+        env.setdefault("AWS_STORAGE_BUCKET_NAME", "")
         return start_worker("-Q", "media", binary=EXAMPLE_WORKER_BIN, env=env)
 
     return start
@@ -47,7 +50,7 @@ def test_the_mysql_pool_comes_from_database_url(app, example_worker, mariadb_ser
                              "CELERIAC_DATABASE_POOL_SIZE": "2"})
     assert "MySQL pool: mysql://root@127.0.0.1" in worker.log()
     assert "up to 2 connections" in worker.log()
-    assert "unavailable on this worker" not in worker.log()
+    assert "task reports.tasks.count_since is unavailable" not in worker.log()
     count = app.send_task("reports.tasks.count_since", args=[30], queue="media").get(timeout=15)
     assert isinstance(count, int) and count >= 0
 
@@ -67,3 +70,63 @@ def test_a_bad_pool_size_is_a_startup_error(start_worker):
                           env={"DATABASE_URL": "mysql://u@127.0.0.1:1/db", "CELERIAC_DATABASE_POOL_SIZE": "0"})
     assert worker.wait(10) == 2
     assert "CELERIAC_DATABASE_POOL_SIZE" in worker.log()
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """The moto server from PyPI on a free loopback port, as the S3 of these tests."""
+    import shutil
+    import subprocess
+    import sys
+
+    import requests
+
+    from support import free_port, wait_for
+
+    exe = shutil.which("moto_server") or str(pathlib.Path(sys.executable).parent / "moto_server")
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+
+    def answers():
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/", timeout=1).status_code < 500
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_for(answers, timeout=30, what="the moto server")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+          "AWS_S3_REGION_NAME": "us-east-1", "AWS_STORAGE_BUCKET_NAME": "media-test",
+          "AWS_LOCATION": "site/media/", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.mark.once
+def test_the_storage_comes_from_django_storages_settings(app, example_worker, s3_server):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3.create_bucket(Bucket="media-test")
+    worker = example_worker(dict(S3_ENV, AWS_S3_ENDPOINT_URL=s3_server))
+    assert f"S3 bucket media-test, prefix site/media/, endpoint {s3_server}" in worker.log()
+    out = app.send_task("media.tasks.store_text", args=["notes/hello.txt", "hello, S3"],
+                        queue="media").get(timeout=20)
+    assert out == {"key": "site/media/notes/hello.txt", "size": 9}
+    obj = s3.get_object(Bucket="media-test", Key="site/media/notes/hello.txt")
+    assert obj["Body"].read() == b"hello, S3" and obj["ContentType"] == "text/plain"
+
+
+def test_without_a_bucket_the_storage_task_fails_with_the_reason(app, example_worker):
+    worker = example_worker({"AWS_STORAGE_BUCKET_NAME": ""})
+    assert "task media.tasks.store_text is unavailable on this worker" in worker.log()
+    r = app.send_task("media.tasks.store_text", args=["a.txt", "x"], queue="media")
+    with pytest.raises(RuntimeError, match="Storage is unavailable: AWS_STORAGE_BUCKET_NAME is not set"):
+        r.get(timeout=10)

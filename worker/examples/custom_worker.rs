@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use celeriac_worker::mysql::MySqlPool;
+use celeriac_worker::s3::Storage;
 use celeriac_worker::{PyError, Registry, TaskContext, TaskError, TaskOptions};
 use serde::Deserialize;
 
@@ -52,6 +53,36 @@ async fn count_since(ctx: TaskContext, (days,): (u32,)) -> Result<i64, TaskError
     Ok(row.0)
 }
 
+/// `media.tasks.store_text(name, text)`: writes an object under the Django storage's prefix
+/// (the S3 settings of django-storages) and returns its key and size as S3 reports them.
+async fn store_text(
+    ctx: TaskContext,
+    (name, text): (String, String),
+) -> Result<serde_json::Value, TaskError> {
+    let storage = ctx.resource::<Storage>()?;
+    let key = storage.key(&name);
+    let s3_error = |e: String| PyError::new("botocore.exceptions", "ClientError", e);
+    storage
+        .client
+        .put_object()
+        .bucket(&storage.bucket)
+        .key(&key)
+        .content_type("text/plain")
+        .body(text.into_bytes().into())
+        .send()
+        .await
+        .map_err(|e| s3_error(format!("put {key}: {e}")))?;
+    let head = storage
+        .client
+        .head_object()
+        .bucket(&storage.bucket)
+        .key(&key)
+        .send()
+        .await
+        .map_err(|e| s3_error(format!("head {key}: {e}")))?;
+    Ok(serde_json::json!({"key": key, "size": head.content_length()}))
+}
+
 fn storage_is_busy() -> bool {
     false
 }
@@ -71,6 +102,11 @@ fn main() -> ExitCode {
             )
             // With DATABASE_URL unset, this task is named at startup and its messages fail
             // with that reason.
+            .task_with(
+                "media.tasks.store_text",
+                TaskOptions::default().requires::<Storage>(),
+                store_text,
+            )
             .task_with(
                 "reports.tasks.count_since",
                 TaskOptions::default().requires::<MySqlPool>(),

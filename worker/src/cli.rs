@@ -264,7 +264,8 @@ async fn watch_signals(shutdown: CancellationToken) {
 }
 
 /// Adds the resources the worker builds from the environment (the MySQL pool of
-/// `DATABASE_URL`, with feature `mysql`), inside `runtime`.
+/// `DATABASE_URL` with feature `mysql`, the S3 storage of django-storages' settings with feature
+/// `s3`), inside `runtime`.
 fn with_resources(
     tasks: RegistryBuilder,
     runtime: &tokio::runtime::Runtime,
@@ -275,6 +276,14 @@ fn with_resources(
         let (tasks, pool) = crate::mysql::add_pool(tasks)?;
         if let Some((url, size)) = pool {
             tracing::info!("MySQL pool: {url}, up to {size} connections (connecting lazily)");
+        }
+        tasks
+    };
+    #[cfg(feature = "s3")]
+    let tasks = {
+        let (tasks, storage) = runtime.block_on(crate::s3::add_storage(tasks))?;
+        if let Some(describe) = storage {
+            tracing::info!("{describe}");
         }
         tasks
     };

@@ -32,6 +32,8 @@ mod outcome;
 pub mod registry;
 pub mod resources;
 mod retry;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub mod sender;
 mod settle;
 pub mod task_error;
