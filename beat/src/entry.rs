@@ -41,6 +41,25 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// An entry sending `task` with no arguments on `schedule` read in `timezone`, with default
+    /// options, Celery's catch-up (`once`) and no start, end or seed.
+    pub fn new(name: &str, task: &str, schedule: Schedule, timezone: Tz) -> Self {
+        Self {
+            name: name.into(),
+            task: task.into(),
+            args: Vec::new(),
+            kwargs: Map::new(),
+            schedule,
+            timezone,
+            options: SendOptions::default(),
+            catch_up: CatchUp::Once,
+            start_time: None,
+            until: None,
+            one_off: false,
+            seed: None,
+        }
+    }
+
     /// Whether `other` is this entry with, at most, another [`seed`](Self::seed).
     pub fn same_as(&self, other: &Entry) -> bool {
         let seed = self.seed;

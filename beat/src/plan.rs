@@ -151,24 +151,13 @@ mod tests {
     /// An entry of `schedule` with policy `catch_up`, in UTC.
     fn entry(schedule: Schedule, catch_up: CatchUp) -> Entry {
         Entry {
-            name: "e".into(),
-            task: "t".into(),
-            args: Vec::new(),
-            kwargs: Default::default(),
-            schedule,
-            timezone: Tz::UTC,
-            options: Default::default(),
             catch_up,
-            start_time: None,
-            until: None,
-            one_off: false,
-            seed: None,
+            ..Entry::new("e", "t", schedule, Tz::UTC)
         }
     }
 
     fn plan(
         schedule: &Schedule,
-        _tz: Tz,
         catch_up: CatchUp,
         last: DateTime<Utc>,
         start_time: Option<DateTime<Utc>>,
@@ -181,7 +170,7 @@ mod tests {
 
     #[test]
     fn nothing_due_gives_the_next_tick() {
-        let p = plan(&every(10), Tz::UTC, CatchUp::Once, t(0), None, t(5));
+        let p = plan(&every(10), CatchUp::Once, t(0), None, t(5));
         assert!(p.send.is_empty());
         assert_eq!(p.next, Some(t(10)));
     }
@@ -189,7 +178,7 @@ mod tests {
     #[test]
     fn on_time_ticks_are_sent_by_every_policy() {
         for policy in [CatchUp::Once, CatchUp::Window(CatchUp::SKIP_WINDOW)] {
-            let p = plan(&every(10), Tz::UTC, policy, t(0), None, t(10));
+            let p = plan(&every(10), policy, t(0), None, t(10));
             assert_eq!(p.send, vec![t(10)]);
             assert_eq!(p.skipped, 0);
             assert_eq!(p.next, Some(t(20)));
@@ -198,7 +187,7 @@ mod tests {
 
     #[test]
     fn once_collapses_missed_ticks_into_the_latest() {
-        let p = plan(&every(10), Tz::UTC, CatchUp::Once, t(0), None, t(35));
+        let p = plan(&every(10), CatchUp::Once, t(0), None, t(35));
         assert_eq!(p.send, vec![t(30)]);
         assert_eq!(p.skipped, 2);
         assert_eq!(p.skipped_span, Some((t(10), t(20))));
@@ -208,11 +197,11 @@ mod tests {
     #[test]
     fn window_sends_recent_ticks_and_skips_older_ones() {
         let w = CatchUp::Window(Duration::from_secs(15));
-        let p = plan(&every(10), Tz::UTC, w, t(0), None, t(35));
+        let p = plan(&every(10), w, t(0), None, t(35));
         assert_eq!(p.send, vec![t(20), t(30)]);
         assert_eq!(p.skipped, 1);
         let skip = CatchUp::Window(CatchUp::SKIP_WINDOW);
-        let p = plan(&every(10), Tz::UTC, skip, t(0), None, t(37));
+        let p = plan(&every(10), skip, t(0), None, t(37));
         assert!(p.send.is_empty());
         assert_eq!(p.skipped, 3);
         assert_eq!(p.next, Some(t(40)));
@@ -221,35 +210,21 @@ mod tests {
     #[test]
     fn a_long_outage_of_a_short_interval_is_counted_not_walked() {
         let year = 365 * 86_400;
-        let p = plan(&every(1), Tz::UTC, CatchUp::Once, t(0), None, t(year));
+        let p = plan(&every(1), CatchUp::Once, t(0), None, t(year));
         assert_eq!(p.send, vec![t(year)]);
         assert_eq!(p.skipped, year as u64 - 1);
         let all = CatchUp::Window(Duration::from_secs(3));
-        let p = plan(&every(1), Tz::UTC, all, t(0), None, t(year));
+        let p = plan(&every(1), all, t(0), None, t(year));
         assert_eq!(p.send, vec![t(year - 3), t(year - 2), t(year - 1), t(year)]);
         assert_eq!(p.skipped, year as u64 - 4);
     }
 
     #[test]
     fn start_time_holds_ticks_back() {
-        let p = plan(
-            &every(10),
-            Tz::UTC,
-            CatchUp::Once,
-            t(0),
-            Some(t(100)),
-            t(50),
-        );
+        let p = plan(&every(10), CatchUp::Once, t(0), Some(t(100)), t(50));
         assert!(p.send.is_empty());
         assert_eq!(p.next, Some(t(100)));
-        let p = plan(
-            &every(10),
-            Tz::UTC,
-            CatchUp::Once,
-            t(0),
-            Some(t(100)),
-            t(100),
-        );
+        let p = plan(&every(10), CatchUp::Once, t(0), Some(t(100)), t(100));
         assert_eq!(p.send, vec![t(100)]);
     }
 
@@ -265,14 +240,10 @@ mod tests {
     #[test]
     fn clocked_entries_fire_once() {
         let s = Schedule::Clocked(t(5));
-        let p = plan(&s, Tz::UTC, CatchUp::Once, t(0), None, t(60));
+        let p = plan(&s, CatchUp::Once, t(0), None, t(60));
         assert_eq!(p.send, vec![t(5)]);
         assert_eq!(p.next, None);
-        assert!(
-            plan(&s, Tz::UTC, CatchUp::Once, t(5), None, t(60))
-                .send
-                .is_empty()
-        );
+        assert!(plan(&s, CatchUp::Once, t(5), None, t(60)).send.is_empty());
     }
 
     #[test]
@@ -284,7 +255,7 @@ mod tests {
             .single()
             .expect("valid");
         let now = base + TimeDelta::minutes(17);
-        let p = plan(&s, Tz::UTC, CatchUp::Once, base, None, now);
+        let p = plan(&s, CatchUp::Once, base, None, now);
         assert_eq!(p.send, vec![base + TimeDelta::minutes(15)]);
         assert_eq!(p.skipped, 2);
         assert_eq!(p.next, Some(base + TimeDelta::minutes(20)));

@@ -38,19 +38,11 @@ impl Source for Fixed {
 }
 
 fn every_second(catch_up: CatchUp) -> Entry {
+    let every = Schedule::Interval(Duration::from_secs(1));
     Entry {
-        name: "tick".into(),
-        task: "celeriac.test.add".into(),
         args: vec![2.into(), 3.into()],
-        kwargs: Default::default(),
-        schedule: Schedule::Interval(Duration::from_secs(1)),
-        timezone: Tz::UTC,
-        options: Default::default(),
         catch_up,
-        start_time: None,
-        until: None,
-        one_off: false,
-        seed: None,
+        ..Entry::new("tick", "celeriac.test.add", every, Tz::UTC)
     }
 }
 
