@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::cpu::CpuPool;
 use crate::resources::{ResourceError, Resources};
 use crate::sender::{SendTask, TaskSender};
 use crate::task_error::Retry;
@@ -101,6 +102,15 @@ impl TaskContext {
     /// into a failure that names it: `let pool = ctx.resource::<MySqlPool>()?;`.
     pub fn resource<T: std::any::Any + Send + Sync>(&self) -> Result<&T, ResourceError> {
         self.resources.get::<T>()
+    }
+
+    /// The worker's pool for CPU-heavy work: `ctx.cpu().run(move || decode(&bytes)).await`.
+    pub fn cpu(&self) -> &CpuPool {
+        // `ResourcesBuilder::build` always adds one.
+        static FALLBACK: std::sync::OnceLock<CpuPool> = std::sync::OnceLock::new();
+        self.resources
+            .get::<CpuPool>()
+            .unwrap_or_else(|_| FALLBACK.get_or_init(CpuPool::from_env))
     }
 
     /// The request.

@@ -23,9 +23,12 @@ pub mod cli;
 pub mod config;
 mod consumer;
 pub mod context;
+pub mod cpu;
 mod inflight;
 mod job;
 mod maintenance;
+#[cfg(feature = "media")]
+pub mod media;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 mod outcome;
@@ -43,6 +46,7 @@ mod worker;
 pub use args::RawArgs;
 pub use config::WorkerConfig;
 pub use context::{DeliveryInfo, Request, TaskContext};
+pub use cpu::{CpuError, CpuPool};
 pub use registry::{Registry, RegistryBuilder, TaskOptions};
 pub use resources::{ResourceError, Resources};
 pub use sender::{SendError, SendTask, Signature};

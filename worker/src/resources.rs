@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+use crate::cpu::CpuPool;
 use crate::task_error::{PyError, TaskError};
 
 /// A type's name without its module paths: `Pool<MySql>` for
@@ -126,7 +127,11 @@ impl ResourcesBuilder {
         self.map.absent.insert(id, (short_type_name::<T>(), reason));
     }
 
-    pub(crate) fn build(self) -> Resources {
+    pub(crate) fn build(mut self) -> Resources {
+        // Every worker has a CPU pool; a binary may add its own, sized as it likes.
+        if !self.map.present.contains_key(&TypeId::of::<CpuPool>()) {
+            self.insert(CpuPool::from_env());
+        }
         Resources {
             map: Arc::new(self.map),
         }

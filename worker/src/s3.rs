@@ -68,6 +68,14 @@ pub async fn add_storage(
     if let Some(region) = setting("AWS_S3_REGION_NAME") {
         loader = loader.region(aws_config::Region::new(region));
     }
+    // Bounded waits, so an S3 that hangs becomes an error (and a task's retry) instead of a
+    // task that never ends.
+    loader = loader.timeout_config(
+        aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .operation_attempt_timeout(std::time::Duration::from_secs(60))
+            .build(),
+    );
     let shared = loader.load().await;
     let mut config = aws_sdk_s3::config::Builder::from(&shared);
     let endpoint = setting("AWS_S3_ENDPOINT_URL");
