@@ -9,7 +9,7 @@ VENV_53="${CELERIAC_VENV_53:-$CACHE/venv-celery5.3}"
 ensure_test_tools
 ensure_venv
 [ -n "${CELERIAC_SKIP_COMPAT:-}" ] || ensure_venv "$ROOT/tests/requirements-celery5.3.txt" "$VENV_53"
-build_binaries --examples
+build_binaries
 say "unit, golden-vector, property and Redis client tests"
 (cd "$ROOT" && cargo test --locked --workspace)
 say "lints: rustfmt, clippy, rustdoc"

@@ -19,7 +19,7 @@ TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 WORKER_BIN = os.environ.get("CELERIAC_WORKER_BIN") or str(TARGET / "debug" / "celeriac-worker")
 BEAT_BIN = os.environ.get("CELERIAC_BEAT_BIN") or str(TARGET / "debug" / "celeriac-beat")
 # The README's example of a user's own worker binary (built by `cargo test`).
-EXAMPLE_WORKER_BIN = str(pathlib.Path(WORKER_BIN).parent / "examples" / "custom_worker")
+EXAMPLE_WORKER_BIN = str(pathlib.Path(WORKER_BIN).parent / "custom-worker")
 DEAD_LETTER = "celeriac.rejected"
 
 

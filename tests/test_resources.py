@@ -1,4 +1,4 @@
-"""A user's own worker binary (the README's example, worker/examples/custom_worker.rs) with its
+"""A user's own worker binary (the README's example, examples/custom-worker/src/main.rs) with its
 resources: a handler reaches the state it was given at startup, the MySQL pool the worker builds
 from DATABASE_URL, and the S3 storage it builds from django-storages' settings (against the moto
 server); without them, the tasks that need them are named at startup and fail with the reason,
