@@ -130,3 +130,18 @@ def test_without_a_bucket_the_storage_task_fails_with_the_reason(app, example_wo
     r = app.send_task("media.tasks.store_text", args=["a.txt", "x"], queue="media")
     with pytest.raises(RuntimeError, match="Storage is unavailable: AWS_STORAGE_BUCKET_NAME is not set"):
         r.get(timeout=10)
+
+
+@pytest.mark.once
+def test_the_readmes_handler_example_is_the_example_crate():
+    """The README's program is examples/custom-worker/src/main.rs, word for word, so what the
+    suite builds and runs is what the README shows."""
+    import re
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("## Writing your own handlers"):]
+    shown = re.search(r"```rust\n(.*?)```", section, re.S).group(1)
+    source = (root / "examples" / "custom-worker" / "src" / "main.rs").read_text()
+    code = "\n".join(line for line in source.splitlines() if not line.startswith("//!"))
+    assert shown.strip() == code.strip()
