@@ -139,6 +139,17 @@ impl PyException {
         })
     }
 
+    /// Python's `repr` of the exception, `LookupError('no such row')`, as Celery's `Retry`
+    /// shows the exception it carries.
+    pub fn repr(&self) -> String {
+        let args: Vec<String> = self
+            .exc_message
+            .iter()
+            .map(crate::message::py_repr)
+            .collect();
+        format!("{}({})", self.exc_type, args.join(", "))
+    }
+
     /// `ValueError: bad value`, like the last line of a Python traceback.
     pub fn summary(&self) -> String {
         let args: Vec<String> = self

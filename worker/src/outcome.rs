@@ -164,10 +164,15 @@ pub(crate) async fn retry(
     if published.is_none() {
         return; // shutting down: the original message is handed back instead
     }
-    info!("Task {name}[{id}] retry: Retry in {when}");
+    // Celery's `Retry.__str__`: "Retry in 5s", with ": <repr of exc>" when it carries one.
+    let reason = r
+        .exc
+        .as_ref()
+        .map_or_else(String::new, |e| format!(": {}", e.exception.repr()));
+    info!("Task {name}[{id}] retry: Retry in {when}{reason}");
     count(task.name(), "retry");
     let traceback = format!(
-        "Traceback (most recent call last):\n  Rust handler of {}[{id}] on {}\ncelery.exceptions.Retry: Retry in {when}\n",
+        "Traceback (most recent call last):\n  Rust handler of {}[{id}] on {}\ncelery.exceptions.Retry: Retry in {when}{reason}\n",
         msg.headers.task, shared.config.hostname
     );
     let result = r.exc.map_or(Value::Null, |e| e.exception.to_value());

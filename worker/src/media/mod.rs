@@ -127,63 +127,12 @@ pub fn register(builder: RegistryBuilder) -> Result<RegistryBuilder, ConfigError
 
 /// Python's `repr` of a JSON value, shortened, for `TypeError` texts.
 fn py_repr(v: &Value) -> String {
-    fn go(v: &Value, out: &mut String) {
-        match v {
-            Value::Null => out.push_str("None"),
-            Value::Bool(true) => out.push_str("True"),
-            Value::Bool(false) => out.push_str("False"),
-            Value::Number(n) => out.push_str(&n.to_string()),
-            Value::String(s) => {
-                // Python quotes with ' unless the text has a ' and no ".
-                let quote = if s.contains('\'') && !s.contains('"') {
-                    '"'
-                } else {
-                    '\''
-                };
-                out.push(quote);
-                for c in s.chars() {
-                    match c {
-                        '\\' => out.push_str("\\\\"),
-                        '\n' => out.push_str("\\n"),
-                        c if c == quote => {
-                            out.push('\\');
-                            out.push(c);
-                        }
-                        c => out.push(c),
-                    }
-                }
-                out.push(quote);
-            }
-            Value::Array(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    go(item, out);
-                }
-                out.push(']');
-            }
-            Value::Object(map) => {
-                out.push('{');
-                for (i, (k, item)) in map.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    go(&Value::String(k.clone()), out);
-                    out.push_str(": ");
-                    go(item, out);
-                }
-                out.push('}');
-            }
-        }
-    }
-    let mut out = String::new();
-    go(v, &mut out);
+    let out = celeriac_protocol::message::py_repr(v);
     if out.chars().count() > 80 {
-        out = out.chars().take(77).collect::<String>() + "...";
+        out.chars().take(77).collect::<String>() + "..."
+    } else {
+        out
     }
-    out
 }
 
 /// A JSON integer that fits `u64` (not a bool, float or string).
