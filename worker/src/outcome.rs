@@ -164,7 +164,12 @@ pub(crate) async fn retry(
     if published.is_none() {
         return; // shutting down: the original message is handed back instead
     }
-    info!("Task {name}[{id}] retry: Retry in {when}");
+    // As Celery logs `self.retry(exc=e)`: the exception follows.
+    let reason = r
+        .exc
+        .as_ref()
+        .map_or_else(String::new, |e| format!(": {e}"));
+    info!("Task {name}[{id}] retry: Retry in {when}{reason}");
     count(task.name(), "retry");
     let traceback = format!(
         "Traceback (most recent call last):\n  Rust handler of {}[{id}] on {}\ncelery.exceptions.Retry: Retry in {when}\n",
