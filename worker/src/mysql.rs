@@ -110,6 +110,11 @@ pub fn add_pool(
                 reason: format!("{s:?} is not a pool size in 1..=1000"),
             })?,
     };
+    // sqlx builds its VERIFY_CA verifier with rustls' process-wide crypto provider, which rustls
+    // cannot choose when, as here with the S3 client, both ring and aws-lc-rs are compiled in: the
+    // connection would panic. ring is the one sqlx uses for the rest of the handshake (and the
+    // Redis client for rediss://); a provider installed already is kept.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let pool = MySqlPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(Duration::from_secs(10))
