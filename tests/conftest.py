@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from support import BEAT_BIN, ROOT, WORKER_BIN, CeleriacBeat, CeleriacWorker, PythonWorker, RedisServer, make_app
+from support import (BEAT_BIN, EXAMPLE_WORKER_BIN, ROOT, WORKER_BIN, CeleriacBeat, CeleriacWorker, PythonWorker,
+                     RedisServer, make_app)
 
 # The benchmark lives beside the suite but is a script, not tests.
 collect_ignore = ["bench"]
@@ -112,6 +113,22 @@ def start_worker(redis_server, tmp_path, request):
 
 
 @pytest.fixture
+def example_worker(start_worker):
+    """Starts the README's example binary (examples/custom-worker/src/main.rs) on the `media` queue:
+    example_worker({"DATABASE_URL": ...}); DATABASE_URL and the S3 bucket are unset unless given."""
+    if not os.path.exists(EXAMPLE_WORKER_BIN):
+        pytest.exit(f"{EXAMPLE_WORKER_BIN} is missing: scripts/test.sh builds it", returncode=2)
+
+    def start(env=None):
+        env = dict(env or {})
+        env.setdefault("DATABASE_URL", "")
+        env.setdefault("AWS_STORAGE_BUCKET_NAME", "")
+        return start_worker("-Q", "media", binary=EXAMPLE_WORKER_BIN, env=env)
+
+    return start
+
+
+@pytest.fixture
 def start_python_worker(redis_server, tmp_path, request):
     """Starts a real Celery worker running tests/pyapp.py's tasks."""
     started = []
@@ -164,18 +181,30 @@ def start_beat(redis_server, tmp_path, request):
 
 
 # django-celery-beat databases for celeriac-beat's --django-db (tests/dbservers.py, tests/django_support.py).
-def _db_server(kind, tmp_path_factory):
+def _db_server(kind, tmp_path_factory, **kwargs):
     from dbservers import MariaDBServer, PostgresServer
 
     cls = {"mariadb": MariaDBServer, "postgres": PostgresServer}[kind]
     if cls.missing():
         pytest.fail(f"{cls.missing()}: scripts/test.sh installs it (ensure_db_tools)", pytrace=False)
-    return cls(tmp_path_factory.mktemp(kind)).start()
+    return cls(tmp_path_factory.mktemp(kind), **kwargs).start()
 
 
 @pytest.fixture(scope="session")
 def mariadb_server(tmp_path_factory):
     server = _db_server("mariadb", tmp_path_factory)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb_tls_server(tmp_path_factory):
+    """A second private MariaDB that refuses TCP clients without TLS; `.tls.ca` is the CA of its
+    certificate (for localhost and 127.0.0.1), `.tls.other_ca` an unrelated CA."""
+    from dbservers import make_test_pki
+
+    pki = make_test_pki(tmp_path_factory.mktemp("pki"))
+    server = _db_server("mariadb", tmp_path_factory, tls=pki)
     yield server
     server.stop()
 

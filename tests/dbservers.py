@@ -16,6 +16,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 
 from support import free_port
 
@@ -56,6 +57,46 @@ def _tail(path, n=4000):
         return pathlib.Path(path).read_text(errors="replace")[-n:]
     except OSError as e:
         return f"(no log: {e})"
+
+
+@dataclass(frozen=True)
+class ServerPKI:
+    """The certificates of a TLS server: `ca` signed `cert` (SAN DNS:localhost, IP:127.0.0.1,
+    key `key`); `other_ca` is an unrelated CA that signed nothing this server has."""
+
+    ca: pathlib.Path
+    cert: pathlib.Path
+    key: pathlib.Path
+    other_ca: pathlib.Path
+
+
+def _openssl(*args, cwd):
+    out = subprocess.run(["openssl", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         stdin=subprocess.DEVNULL, timeout=30, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"openssl {args[0]} failed ({out.returncode}):\n{out.stdout.decode(errors='replace')}")
+
+
+def make_test_pki(workdir):
+    """Generates a private CA, a server certificate it signs, and an unrelated CA, with
+    openssl (P-256 keys, valid for two days). Returns a ServerPKI."""
+    if not shutil.which("openssl"):
+        raise RuntimeError("openssl is not installed (Debian: apt-get install openssl)")
+    d = pathlib.Path(workdir)
+    d.mkdir(parents=True, exist_ok=True)
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ca_ext = ["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]
+    for name, cn in (("ca", "celeriac test CA"), ("other-ca", "celeriac unrelated CA")):
+        _openssl("req", "-x509", *key, "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
+                 "-subj", f"/CN={cn}", *ca_ext, cwd=d)
+    (d / "server.ext").write_text("basicConstraints=critical,CA:FALSE\n"
+                                  "keyUsage=critical,digitalSignature\n"
+                                  "extendedKeyUsage=serverAuth\n"
+                                  "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _openssl("req", "-new", *key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost", cwd=d)
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "2", "-extfile", "server.ext", "-out", "server.pem", cwd=d)
+    return ServerPKI(ca=d / "ca.pem", cert=d / "server.pem", key=d / "server.key", other_ca=d / "other-ca.pem")
 
 
 class _Server:
@@ -111,14 +152,23 @@ class _Server:
 
 
 class MariaDBServer(_Server):
-    """A mariadbd of our own. root has an empty password; the URL is mysql://root@127.0.0.1:PORT/DB."""
+    """A mariadbd of our own. root has an empty password; the URL is mysql://root@127.0.0.1:PORT/DB.
+
+    With `tls` (a ServerPKI) the server presents `tls.cert` and refuses every TCP connection without
+    TLS (require_secure_transport=ON, root included: MariaDB 10.11 answers a plain login with
+    "Access denied", error 1045, not with a transport error). It then also listens on
+    OTHER_ADDRESS, an address its certificate does not name, and has the performance schema on, so
+    another session's Ssl_version and Ssl_cipher can be read (performance_schema.status_by_thread).
+    Its own connections (setup, `execute`) use the Unix socket, which that setting allows, without TLS."""
 
     name = "mariadbd"
+    OTHER_ADDRESS = "127.0.0.2"
 
-    def __init__(self, workdir, port=None):
+    def __init__(self, workdir, port=None, tls=None):
         self.dir = pathlib.Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.tls = tls
         self.datadir = self.dir / "data"
         self.socket = self.dir / "mysqld.sock"
         self.mariadbd = _which("mariadbd", "mysqld", extra_dirs=["/usr/sbin", "/usr/libexec"])
@@ -164,6 +214,11 @@ class MariaDBServer(_Server):
                 "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0",
                 "--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M",
                 "--performance-schema=OFF", "--max-connections=100"]
+        if self.tls:
+            args[args.index("--bind-address=127.0.0.1")] = f"--bind-address=127.0.0.1,{self.OTHER_ADDRESS}"
+            args[args.index("--performance-schema=OFF")] = "--performance-schema=ON"
+            args += [f"--ssl-ca={self.tls.ca}", f"--ssl-cert={self.tls.cert}", f"--ssl-key={self.tls.key}",
+                     "--require-secure-transport=ON"]
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True, preexec_fn=_die_with_parent(signal.SIGTERM))
         self._wait_ready()
@@ -176,8 +231,19 @@ class MariaDBServer(_Server):
     def _connect(self, dbname=None):
         import pymysql
 
-        return pymysql.connect(host="127.0.0.1", port=self.port, user="root", password="",
-                               database=dbname, autocommit=True, connect_timeout=5, charset="utf8mb4")
+        where = {"unix_socket": str(self.socket), "ssl_disabled": True} if self.tls else \
+            {"host": "127.0.0.1", "port": self.port}
+        return pymysql.connect(**where, user="root", password="", database=dbname, autocommit=True,
+                               connect_timeout=5, charset="utf8mb4")
+
+    def connect_tcp(self, user, password, host="127.0.0.1", **ssl):
+        """A client session over TCP, for checks: PyMySQL's TLS arguments (ssl_ca=...,
+        ssl_verify_identity=True, ssl_disabled=True) pass through; without any, PyMySQL
+        upgrades to TLS when the server offers it, verifying nothing."""
+        import pymysql
+
+        return pymysql.connect(host=host, port=self.port, user=user, password=password, autocommit=True,
+                               connect_timeout=5, **ssl)
 
     def url(self, dbname):
         return f"mysql://root@127.0.0.1:{self.port}/{dbname}"

@@ -4,27 +4,12 @@ from DATABASE_URL, and the S3 storage it builds from django-storages' settings (
 server); without them, the tasks that need them are named at startup and fail with the reason,
 stored as Python's RuntimeError, while the worker carries on."""
 
-import os
 import pathlib
 import signal
 
 import pytest
 
 from support import EXAMPLE_WORKER_BIN
-
-
-@pytest.fixture
-def example_worker(start_worker):
-    if not os.path.exists(EXAMPLE_WORKER_BIN):
-        pytest.exit(f"{EXAMPLE_WORKER_BIN} is missing: scripts/test.sh builds it", returncode=2)
-
-    def start(env=None):
-        env = dict(env or {})
-        env.setdefault("DATABASE_URL", "")
-        env.setdefault("AWS_STORAGE_BUCKET_NAME", "")
-        return start_worker("-Q", "media", binary=EXAMPLE_WORKER_BIN, env=env)
-
-    return start
 
 
 def test_a_handler_reaches_its_resource_and_a_missing_one_fails_with_the_reason(app, example_worker):

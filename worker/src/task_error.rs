@@ -61,8 +61,12 @@ impl PyError {
         let mut text = err.to_string();
         let mut source = err.source();
         while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
+            let cause_text = cause.to_string();
+            // Errors that print their source already (thiserror's `{0}`, sqlx's) would show it twice.
+            if !text.ends_with(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
             source = cause.source();
         }
         Self::runtime_error(text)
@@ -181,3 +185,47 @@ impl fmt::Display for TaskError {
 }
 
 impl std::error::Error for TaskError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrap(&'static str, Option<Box<Wrap>>);
+
+    impl fmt::Display for Wrap {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Wrap {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    fn message(e: &Wrap) -> Value {
+        PyError::from_error(e).exception.exc_message[0].clone()
+    }
+
+    #[test]
+    fn from_error_joins_the_causes_once_each() {
+        let chain = Wrap("reading config", Some(Box::new(Wrap("no such file", None))));
+        assert_eq!(message(&chain), "reading config: no such file");
+        // The outer error already prints its cause: it is not repeated.
+        let embeds = Wrap(
+            "io error: no such file",
+            Some(Box::new(Wrap("no such file", None))),
+        );
+        assert_eq!(message(&embeds), "io error: no such file");
+        let deeper = Wrap(
+            "db: tls: bad cert",
+            Some(Box::new(Wrap(
+                "tls: bad cert",
+                Some(Box::new(Wrap("bad cert", None))),
+            ))),
+        );
+        assert_eq!(message(&deeper), "db: tls: bad cert");
+    }
+}

@@ -48,8 +48,13 @@ async fn count_since(ctx: TaskContext, (days,): (u32,)) -> Result<i64, TaskError
     .bind(days)
     .fetch_one(pool)
     .await
-    // A database that is down: retried like Celery's autoretry, up to max_retries.
-    .map_err(|_| ctx.retry().countdown(Duration::from_secs(5)))?;
+    // A database that is down or refuses us: retried like self.retry(exc=e, countdown=5), up to
+    // max_retries; the error is logged with the retry and stored with the RETRY state.
+    .map_err(|e| {
+        ctx.retry()
+            .countdown(Duration::from_secs(5))
+            .exc(PyError::from_error(&e))
+    })?;
     Ok(row.0)
 }
 
