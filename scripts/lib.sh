@@ -32,6 +32,13 @@ ensure_rust() {
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
     export PATH="$HOME/.cargo/bin:$PATH"
   fi
+  # A C toolchain for the -sys crates; cmake and nasm build libjpeg-turbo (with its SIMD code),
+  # the JPEG codec of the media tasks.
+  local tools=()
+  command -v cc >/dev/null || tools+=(build-essential)
+  command -v cmake >/dev/null || tools+=(cmake)
+  command -v nasm >/dev/null || tools+=(nasm)
+  [ "${#tools[@]}" -eq 0 ] || apt_install "${tools[@]}"
   # The lints of scripts/test.sh need these two components.
   if command -v rustup >/dev/null; then
     for c in clippy rustfmt; do

@@ -43,7 +43,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import boto3
 import celery
@@ -669,12 +668,13 @@ def moto_ceiling(args, moto, threads):
 def pillow_alone(args, photos, count):
     """The Python task's image work alone (pythumbs.render), in this process, on `count` photos
     read from disk: CPU ms per photo (process time, so other load on the machine matters little),
-    split into decode (draft + exif_transpose), resize and encode."""
+    then the same steps one by one: decode at reduced scale (draft), orient (exif_transpose: a
+    rotation, or a copy when there is nothing to turn), resize, encode."""
     sys.path.insert(0, HERE)
     import pythumbs
     from PIL import ImageOps
 
-    parts = {"decode_ms": [], "resize_ms": [], "encode_ms": [], "total_ms": []}
+    parts = {"total_ms": [], "decode_ms": [], "orient_ms": [], "resize_ms": [], "encode_ms": []}
     for i in range(count):
         with open(photos[i], "rb") as f:
             body = f.read()
@@ -685,17 +685,21 @@ def pillow_alone(args, photos, count):
         w, h = im.size
         if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
             w, h = h, w
-        im.draft(None, (2 * max(args.size_list),) * 2)
-        im = ImageOps.exif_transpose(im).convert("RGB")
+        im.draft(None, (int(max(args.size_list) * pythumbs.REDUCING_GAP),) * 2)
+        im.load()
         t2 = time.process_time()
-        thumbs = [im.resize(pythumbs.fit(w, h, s), Image.BICUBIC, reducing_gap=2.0) for s in args.size_list]
+        im = ImageOps.exif_transpose(im)
         t3 = time.process_time()
+        thumbs = [im.resize(pythumbs.fit(w, h, s), Image.BICUBIC, reducing_gap=pythumbs.REDUCING_GAP)
+                  for s in args.size_list]
+        t4 = time.process_time()
         for t in thumbs:
             t.save(io.BytesIO(), "JPEG", quality=pythumbs.QUALITY)
-        t4 = time.process_time()
-        for k, v in (("total_ms", t1 - t0), ("decode_ms", t2 - t1), ("resize_ms", t3 - t2), ("encode_ms", t4 - t3)):
+        t5 = time.process_time()
+        for k, v in (("total_ms", t1 - t0), ("decode_ms", t2 - t1), ("orient_ms", t3 - t2), ("resize_ms", t4 - t3),
+                     ("encode_ms", t5 - t4)):
             parts[k].append(v * 1000)
-    return {"photos": count, **{k: statistics.median(v) for k, v in parts.items()}}
+    return {"photos": count, **{k: statistics.mean(v) for k, v in parts.items()}}
 
 
 def full_decode_ms(photos, count):
@@ -707,7 +711,7 @@ def full_decode_ms(photos, count):
         t0 = time.process_time()
         Image.open(io.BytesIO(body)).load()
         ms.append((time.process_time() - t0) * 1000)
-    return statistics.median(ms)
+    return statistics.mean(ms)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -900,13 +904,20 @@ def main(argv):
                   f"{g['seconds']:.2f}s = {g['photos_per_second']:.1f} photos/s ({g['mib_per_second']:.0f} MiB/s; "
                   f"CPU s: moto {g['moto_cpu_seconds']:.1f}, boto3 client {g['client_cpu_seconds']:.1f})")
         p = profile["pillow"]
-        print(f"  Pillow alone, one process, median of {p['photos']} photos: {p['total_ms']:.0f} ms CPU a photo "
-              f"(decode at reduced scale + orient {p['decode_ms']:.0f} ms, resize {p['resize_ms']:.0f} ms, encode "
-              f"{p['encode_ms']:.0f} ms; a full-scale decode alone takes {p['full_decode_ms']:.0f} ms)")
+        print(f"  Pillow alone (pythumbs.render), one process, mean of {p['photos']} photos: {p['total_ms']:.0f} ms CPU "
+              f"a photo; step by step: decode at reduced scale {p['decode_ms']:.0f} ms, orient {p['orient_ms']:.0f} ms, "
+              f"resize {p['resize_ms']:.0f} ms, encode {p['encode_ms']:.1f} ms (a full-scale decode alone: "
+              f"{p['full_decode_ms']:.0f} ms)")
+        get_ms = min(g["moto_cpu_seconds"] for g in profile["moto_get"]) / args.photos * 1000
+        print(f"  moto's CPU for a GET alone: {get_ms:.0f} ms a photo; the rest of its share in the runs below is "
+              f"the two PUTs")
         for s in runs:
             per = s["worker_cpu_seconds"] / s["photos"] * 1000
-            print(f"  {s['worker']:<9} round {s['round']}: {per:.0f} ms worker CPU a photo, moto "
-                  f"{s['moto_cpu_seconds'] / s['photos'] * 1000:.0f} ms CPU a photo")
+            busy = s["system_cpu_seconds"] / (s["seconds"] * nproc) * 100
+            print(f"  {s['worker']:<9} round {s['round']}: CPU a photo: worker {per:.0f} ms, moto "
+                  f"{s['moto_cpu_seconds'] / s['photos'] * 1000:.0f} ms, mariadb + redis "
+                  f"{(s['mariadb_cpu_seconds'] + s['redis_cpu_seconds']) / s['photos'] * 1000:.0f} ms; "
+                  f"the {nproc} CPUs were {busy:.0f}% busy (other processes: {s['other_cpu_seconds']:.1f}s)")
     print(f"  machine after the runs: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
 
     failures = [r for r in runs if r["bad_results"] or r["bad_rows"] or r["object_problems"] or r["unacked_left"]

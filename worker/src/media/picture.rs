@@ -9,7 +9,7 @@
 
 use std::io::Cursor;
 
-use fast_image_resize::images::Image as ResizeImage;
+use fast_image_resize::images::{Image as ResizeImage, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, RgbImage};
@@ -205,47 +205,70 @@ fn corrupt(e: impl std::fmt::Display) -> PictureError {
 }
 
 fn decode_jpeg(bytes: &[u8], sizes: &[u32], max_pixels: u64) -> Result<Decoded, PictureError> {
-    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
-    decoder.read_info().map_err(corrupt)?;
-    let info = decoder.info().ok_or_else(|| corrupt("no frame header"))?;
-    let (full_width, full_height) = (u32::from(info.width), u32::from(info.height));
+    let mut decoder = turbojpeg::Decompressor::new().map_err(corrupt)?;
+    let header = decoder.read_header(bytes).map_err(corrupt)?;
+    let full_width = u32::try_from(header.width).map_err(corrupt)?;
+    let full_height = u32::try_from(header.height).map_err(corrupt)?;
     check_pixels(full_width, full_height, max_pixels)?;
-    // The largest thumbnail decides the scale (orientation does not: the box is square).
+    // As Pillow's `draft`: the smallest DCT scale whose size is still at least the largest
+    // thumbnail times the reducing gap in both directions (the box is square, so orientation
+    // does not matter here).
     let largest = sizes.iter().copied().max().unwrap_or(1);
     let (tw, th) = fit(full_width, full_height, largest);
-    let want = |n: u32, full: u32| -> u16 {
-        u16::try_from(n.saturating_mul(REDUCING_GAP).min(full)).unwrap_or(u16::MAX)
-    };
-    decoder
-        .scale(want(tw, full_width), want(th, full_height))
-        .map_err(corrupt)?;
-    // Bounded by the checked pixel count: 4 bytes a pixel at most (CMYK).
-    decoder.set_max_decoding_buffer_size(
-        usize::try_from(max_pixels.saturating_mul(4)).unwrap_or(usize::MAX),
+    let (want_w, want_h) = (
+        usize::try_from(tw.saturating_mul(REDUCING_GAP)).unwrap_or(usize::MAX),
+        usize::try_from(th.saturating_mul(REDUCING_GAP)).unwrap_or(usize::MAX),
     );
-    let pixels = decoder.decode().map_err(corrupt)?;
-    let info = decoder.info().ok_or_else(|| corrupt("no frame header"))?;
-    let (w, h) = (u32::from(info.width), u32::from(info.height));
-    let rgb = match info.pixel_format {
-        jpeg_decoder::PixelFormat::RGB24 => pixels,
-        jpeg_decoder::PixelFormat::L8 => pixels.iter().flat_map(|&v| [v, v, v]).collect(),
-        jpeg_decoder::PixelFormat::L16 => pixels
-            .chunks_exact(2)
-            .flat_map(|p| [p[0], p[0], p[0]])
-            .collect(),
-        jpeg_decoder::PixelFormat::CMYK32 => pixels
+    let scale = [8, 4, 2]
+        .into_iter()
+        .map(|d| turbojpeg::ScalingFactor::new(1, d))
+        .find(|f| f.scale(header.width) >= want_w && f.scale(header.height) >= want_h)
+        .unwrap_or(turbojpeg::ScalingFactor::ONE);
+    decoder.set_scaling_factor(scale).map_err(corrupt)?;
+    // A progressive file may hold many scans; more than this is an attack, not a photo.
+    decoder.set_scan_limit(500).map_err(corrupt)?;
+    let scaled = header.scaled(scale);
+    let cmyk = matches!(
+        header.colorspace,
+        turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK
+    );
+    let format = if cmyk {
+        turbojpeg::PixelFormat::CMYK
+    } else {
+        turbojpeg::PixelFormat::RGB
+    };
+    let pitch = scaled.width * format.size();
+    let mut pixels = vec![0u8; pitch * scaled.height];
+    decoder
+        .decompress(
+            bytes,
+            turbojpeg::Image {
+                pixels: pixels.as_mut_slice(),
+                width: scaled.width,
+                pitch,
+                height: scaled.height,
+                format,
+            },
+        )
+        .map_err(corrupt)?;
+    if cmyk {
+        // Adobe's CMYK JPEGs hold inverted values, as libjpeg returns them: R = C × K / 255.
+        pixels = pixels
             .chunks_exact(4)
             .flat_map(|p| {
                 let k = u16::from(p[3]);
                 let ch = |c: u8| u8::try_from(u16::from(c) * k / 255).unwrap_or(u8::MAX);
                 [ch(p[0]), ch(p[1]), ch(p[2])]
             })
-            .collect(),
-    };
-    let image = RgbImage::from_raw(w, h, rgb)
+            .collect();
+    }
+    let (w, h) = (
+        u32::try_from(scaled.width).map_err(corrupt)?,
+        u32::try_from(scaled.height).map_err(corrupt)?,
+    );
+    let image = RgbImage::from_raw(w, h, pixels)
         .ok_or_else(|| corrupt("the decoder returned fewer pixels than the frame holds"))?;
-    let orientation = decoder
-        .exif_data()
+    let orientation = jpeg_exif(bytes)
         .and_then(Orientation::from_exif_chunk)
         .unwrap_or(Orientation::NoTransforms);
     Ok(Decoded {
@@ -254,6 +277,33 @@ fn decode_jpeg(bytes: &[u8], sizes: &[u32], max_pixels: u64) -> Result<Decoded, 
         full_height,
         orientation,
     })
+}
+
+/// The TIFF data of a JPEG's EXIF segment (APP1 starting `Exif\0\0`), from the header segments
+/// before the first scan. The structure was checked by [`check_jpeg_structure`].
+fn jpeg_exif(b: &[u8]) -> Option<&[u8]> {
+    let mut i = 2;
+    loop {
+        while b.get(i) == Some(&0xFF) {
+            i += 1;
+        }
+        let code = *b.get(i)?;
+        i += 1;
+        if matches!(code, 0x01 | 0xD0..=0xD7) {
+            continue;
+        }
+        if matches!(code, 0xD9 | 0xDA) {
+            return None;
+        }
+        let len = usize::from(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]));
+        let body = b.get(i + 2..i + len)?;
+        if code == 0xE1 {
+            if let Some(tiff) = body.strip_prefix(b"Exif\0\0") {
+                return Some(tiff);
+            }
+        }
+        i += len;
+    }
 }
 
 fn decode_other(bytes: &[u8], format: Format, max_pixels: u64) -> Result<Decoded, PictureError> {
@@ -354,10 +404,10 @@ fn resize(
     if image.dimensions() == (width, height) {
         return Ok(image.clone());
     }
-    let src = ResizeImage::from_vec_u8(
+    let src = ImageRef::new(
         image.width(),
         image.height(),
-        image.as_raw().clone(),
+        image.as_raw(),
         PixelType::U8x3,
     )
     .map_err(corrupt)?;

@@ -37,11 +37,14 @@ fn png_rgba(width: u32, height: u32, pixel: [u8; 4]) -> Vec<u8> {
 }
 
 fn decode(jpeg: &[u8]) -> (u32, u32, Vec<u8>) {
-    let mut d = jpeg_decoder::Decoder::new(Cursor::new(jpeg));
-    let pixels = d.decode().expect("a JPEG thumbnail");
-    let info = d.info().expect("info");
-    assert_eq!(info.pixel_format, jpeg_decoder::PixelFormat::RGB24);
-    (u32::from(info.width), u32::from(info.height), pixels)
+    let image = turbojpeg::decompress(jpeg, turbojpeg::PixelFormat::RGB).expect("a JPEG thumbnail");
+    let (w, h) = (image.width, image.height);
+    assert_eq!(image.pitch, w * 3);
+    (
+        u32::try_from(w).expect("width"),
+        u32::try_from(h).expect("height"),
+        image.pixels,
+    )
 }
 
 #[test]
