@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::WorkerConfig;
+use crate::config::{ResultBackendConfig, WorkerConfig};
 use crate::registry::RegistryBuilder;
 use crate::test_tasks;
 use crate::worker::Worker;
@@ -115,6 +115,31 @@ pub enum ConfigError {
     },
 }
 
+/// Reads `--result-backend`: a Redis URL.
+fn result_backend(value: &str) -> Result<ResultBackendConfig, ConfigError> {
+    const SETTING: &str = "--result-backend";
+    if !value.contains("://") {
+        // Whatever it is, a value with an `@` may hold a password: it is not repeated.
+        let shown = if value.contains('@') {
+            "the value given".to_owned()
+        } else {
+            format!("{value:?}")
+        };
+        return Err(ConfigError::Invalid {
+            setting: SETTING,
+            reason: format!(
+                "{shown} is not a backend celeriac has: use a redis:// or rediss:// URL"
+            ),
+        });
+    }
+    RedisUrl::parse(value)
+        .map(ResultBackendConfig::Redis)
+        .map_err(|source| ConfigError::Url {
+            setting: SETTING,
+            source,
+        })
+}
+
 fn seconds(setting: &'static str, value: f64, allow_zero: bool) -> Result<Duration, ConfigError> {
     if !value.is_finite() || value < 0.0 || (!allow_zero && value == 0.0) || value > 1e9 {
         return Err(ConfigError::Invalid {
@@ -166,12 +191,7 @@ impl Args {
         config.result_backend = self
             .result_backend
             .filter(|s| !s.trim().is_empty())
-            .map(|s| {
-                RedisUrl::parse(&s).map_err(|source| ConfigError::Url {
-                    setting: "--result-backend",
-                    source,
-                })
-            })
+            .map(|s| result_backend(s.trim()))
             .transpose()?;
         let queues: Vec<String> = self
             .queues
@@ -387,5 +407,30 @@ mod tests {
         assert_eq!(ok.prefetch_limit(), 32);
         assert_eq!(ok.result_expires, None);
         assert!(log_filter("verbose").is_err());
+    }
+
+    #[test]
+    fn result_backends_are_redis_urls() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["celeriac-worker"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv)
+                .expect("flags parse")
+                .into_config()
+        };
+        let redis = parse(&["--result-backend", "redis://:pw@h:6380/1"]).expect("valid");
+        assert!(matches!(
+            redis.result_backend,
+            Some(ResultBackendConfig::Redis(ref url)) if url.to_string() == "redis://:***@h:6380/1"
+        ));
+        let none = parse(&["--result-backend", " "]).expect("valid");
+        assert!(none.result_backend.is_none());
+        for bad in ["django-cache", "db+mysql://u:pw@h/db", "u:pw@h"] {
+            let e = parse(&["--result-backend", bad])
+                .expect_err(bad)
+                .to_string();
+            assert!(e.starts_with("--result-backend"), "{e}");
+            assert!(!e.contains("pw"), "{e}");
+        }
     }
 }

@@ -12,8 +12,8 @@ use chrono_tz::Tz;
 pub struct WorkerConfig {
     /// Broker URL.
     pub broker: RedisUrl,
-    /// Result backend URL; `None` stores no results (Celery's disabled backend).
-    pub result_backend: Option<RedisUrl>,
+    /// Where results are stored; `None` stores none (Celery's disabled backend).
+    pub result_backend: Option<ResultBackendConfig>,
     /// Queues to consume, in priority of polling.
     pub queues: Vec<String>,
     /// Queue of tasks sent from handlers without one (Celery's `task_default_queue`).
@@ -39,6 +39,14 @@ pub struct WorkerConfig {
     pub dead_letter_key: String,
     /// Pauses between reconnect attempts.
     pub reconnect: Backoff,
+}
+
+/// A result backend, as Celery's `result_backend` setting names it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ResultBackendConfig {
+    /// Celery's Redis backend (`redis://…`, `rediss://…`).
+    Redis(RedisUrl),
 }
 
 /// Upper bound on held messages when the prefetch multiplier is 0 (unlimited in Celery).
