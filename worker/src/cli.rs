@@ -40,9 +40,14 @@ pub struct Args {
         hide_env_values = true
     )]
     pub broker: String,
-    /// Result backend URL (Redis). Without it no results are stored.
+    /// Result backend: a redis:// URL, or django-db (django-celery-results' table in the
+    /// database of DATABASE_URL). Without it no results are stored.
     #[arg(long, env = "CELERY_RESULT_BACKEND", hide_env_values = true)]
     pub result_backend: Option<String>,
+    /// Store the task name, arguments, worker and periodic task name with results (Celery's
+    /// result_extended; django-db's extended columns)
+    #[arg(long, env = "CELERY_RESULT_EXTENDED", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub result_extended: bool,
     /// Comma-separated queues to consume [default: $CELERY_TASK_DEFAULT_QUEUE or celery]
     #[arg(short = 'Q', long, env = "CELERY_WORKER_QUEUES", value_delimiter = ',')]
     pub queues: Vec<String>,
@@ -115,9 +120,30 @@ pub enum ConfigError {
     },
 }
 
-/// Reads `--result-backend`: a Redis URL.
+/// Reads `--result-backend`: a Redis URL, or Celery's `django-db`.
 fn result_backend(value: &str) -> Result<ResultBackendConfig, ConfigError> {
     const SETTING: &str = "--result-backend";
+    if value == "django-db" {
+        #[cfg(feature = "mysql")]
+        {
+            return match crate::mysql::DatabaseUrl::from_env()? {
+                Some(url) => Ok(ResultBackendConfig::DjangoDb(url)),
+                None => Err(ConfigError::Invalid {
+                    setting: SETTING,
+                    reason: format!(
+                        "django-db stores results in the database of {}, which is not set",
+                        crate::mysql::DATABASE_URL
+                    ),
+                }),
+            };
+        }
+        #[cfg(not(feature = "mysql"))]
+        return Err(ConfigError::Invalid {
+            setting: SETTING,
+            reason: "django-db needs the `mysql` feature, which this worker was built without"
+                .into(),
+        });
+    }
     if !value.contains("://") {
         // Whatever it is, a value with an `@` may hold a password: it is not repeated.
         let shown = if value.contains('@') {
@@ -128,7 +154,7 @@ fn result_backend(value: &str) -> Result<ResultBackendConfig, ConfigError> {
         return Err(ConfigError::Invalid {
             setting: SETTING,
             reason: format!(
-                "{shown} is not a backend celeriac has: use a redis:// or rediss:// URL"
+                "{shown} is not a backend celeriac has: use a redis:// or rediss:// URL, or django-db"
             ),
         });
     }
@@ -193,6 +219,7 @@ impl Args {
             .filter(|s| !s.trim().is_empty())
             .map(|s| result_backend(s.trim()))
             .transpose()?;
+        config.result_extended = self.result_extended;
         let queues: Vec<String> = self
             .queues
             .iter()
@@ -410,7 +437,7 @@ mod tests {
     }
 
     #[test]
-    fn result_backends_are_redis_urls() {
+    fn result_backends_are_redis_urls_or_django_db() {
         let parse = |extra: &[&str]| {
             let mut argv = vec!["celeriac-worker"];
             argv.extend_from_slice(extra);
@@ -418,13 +445,19 @@ mod tests {
                 .expect("flags parse")
                 .into_config()
         };
-        let redis = parse(&["--result-backend", "redis://:pw@h:6380/1"]).expect("valid");
+        let redis = parse(&[
+            "--result-backend",
+            "redis://:pw@h:6380/1",
+            "--result-extended",
+        ])
+        .expect("valid");
         assert!(matches!(
             redis.result_backend,
             Some(ResultBackendConfig::Redis(ref url)) if url.to_string() == "redis://:***@h:6380/1"
         ));
+        assert!(redis.result_extended);
         let none = parse(&["--result-backend", " "]).expect("valid");
-        assert!(none.result_backend.is_none());
+        assert!(none.result_backend.is_none() && !none.result_extended);
         for bad in ["django-cache", "db+mysql://u:pw@h/db", "u:pw@h"] {
             let e = parse(&["--result-backend", bad])
                 .expect_err(bad)

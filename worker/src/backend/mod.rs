@@ -8,6 +8,8 @@
 //! only once `store` returned `Ok`, which means the whole batch is durably stored.
 //!
 //! * [`redis`]: Celery's Redis backend, one script call per batch.
+//! * `django_db`: django-celery-results' `TaskResult` table (feature `mysql`), one upsert
+//!   statement per batch.
 //! * [`NoResults`]: no backend configured; nothing is stored.
 //!
 //! Which one runs is decided once, by [`connect`], from the configuration.
@@ -29,6 +31,8 @@ use crate::config::{ResultBackendConfig, WorkerConfig};
 use crate::inflight::InFlight;
 use crate::settle::{self, Pipeline, Settler};
 
+#[cfg(feature = "mysql")]
+pub(crate) mod django_db;
 #[cfg(test)]
 pub(crate) mod memory;
 pub(crate) mod redis;
@@ -180,6 +184,10 @@ pub(crate) async fn connect(
         None => Box::new(NoResults),
         Some(ResultBackendConfig::Redis(url)) => {
             Box::new(redis::RedisResults::connect(url, config, response_timeout).await?)
+        }
+        #[cfg(feature = "mysql")]
+        Some(ResultBackendConfig::DjangoDb(url)) => {
+            Box::new(django_db::DjangoDb::connect(url, config))
         }
     })
 }

@@ -1,11 +1,13 @@
 //! Celery's Redis result backend: `celery-task-meta-<id>` records in Celery's JSON layout,
 //! stored (and published to `AsyncResult.get()` waiters) by one script call per batch.
 
+use std::sync::Once;
 use std::time::Duration;
 
 use celeriac_protocol::redis::{RedisBackend, RedisClientError, RedisUrl, StoreRequest};
 use celeriac_protocol::result::ResultRecord;
 use chrono_tz::Tz;
+use tracing::warn;
 
 use super::{BackendError, Entry, ResultBackend};
 use crate::config::WorkerConfig;
@@ -27,6 +29,15 @@ impl RedisResults {
         config: &WorkerConfig,
         response_timeout: Duration,
     ) -> Result<Self, BackendError> {
+        if config.result_extended {
+            // Once, though connecting may be retried.
+            static WARNED: Once = Once::new();
+            WARNED.call_once(|| {
+                warn!(
+                    "result_extended is applied by the django-db backend only: Redis records keep Celery's basic layout"
+                );
+            });
+        }
         Ok(Self {
             client: RedisBackend::connect(url, response_timeout)
                 .await
