@@ -30,7 +30,8 @@ use std::time::Duration;
 use celeriac_protocol::pyjson;
 use celeriac_protocol::result::State;
 use serde_json::Value;
-use sqlx::mysql::{MySqlDatabaseError, MySqlPool, MySqlPoolOptions};
+use sqlx::Connection as _;
+use sqlx::mysql::{MySqlConnection, MySqlDatabaseError, MySqlPool, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, Row as _};
 use tracing::{error, info, warn};
 
@@ -49,6 +50,8 @@ const PARAMS_PER_ROW: usize = 13;
 const STATEMENT_BYTES: usize = 4 << 20;
 /// The pipeline writes one batch at a time; a second connection covers a reconnect.
 const POOL_SIZE: u32 = 2;
+/// How long a store waits for a connection before it fails (and is retried).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One row as it is written.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,7 +95,8 @@ pub(crate) struct DjangoDb {
     pool: MySqlPool,
     extended: bool,
     hostname: String,
-    redacted: String,
+    /// The URL (its `Debug` shows it with the password hidden).
+    url: DatabaseUrl,
     /// The server's `max_allowed_packet`, once read (0: not yet).
     max_packet: Arc<AtomicU64>,
 }
@@ -104,31 +108,70 @@ impl DjangoDb {
     pub(crate) fn connect(url: &DatabaseUrl, config: &WorkerConfig) -> Self {
         let pool = MySqlPoolOptions::new()
             .max_connections(POOL_SIZE)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(url.options().clone());
         let db = Self {
             pool,
             extended: config.result_extended,
             hostname: config.hostname.clone(),
-            redacted: url.redacted().to_owned(),
+            url: url.clone(),
             max_packet: Arc::new(AtomicU64::new(0)),
         };
         tokio::spawn(check_table(
             db.pool.clone(),
             db.max_packet.clone(),
-            db.redacted.clone(),
+            db.url.redacted().to_owned(),
         ));
         db
     }
 
-    async fn max_packet(&self) -> Result<u64, BackendError> {
+    async fn max_packet(&self) -> Result<u64, sqlx::Error> {
         let known = self.max_packet.load(Ordering::Relaxed);
         if known > 0 {
             return Ok(known);
         }
-        let read = read_max_packet(&self.pool).await.map_err(classify)?;
+        let read = read_max_packet(&self.pool).await?;
         self.max_packet.store(read, Ordering::Relaxed);
         Ok(read)
+    }
+
+    /// Maps an error to a backend error; when the pool gave up waiting for a connection,
+    /// which sqlx reports without the cause, one direct connection finds out why.
+    async fn explain(&self, e: sqlx::Error) -> BackendError {
+        if !matches!(e, sqlx::Error::PoolTimedOut) {
+            return classify(e);
+        }
+        let attempt = tokio::time::timeout(
+            ACQUIRE_TIMEOUT,
+            MySqlConnection::connect_with(self.url.options()),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                classify(e)
+            }
+            Ok(Err(cause)) => BackendError::transient(NAME, CannotConnect(cause)),
+            Err(_) => classify(e),
+        }
+    }
+
+    /// Writes the rows: one statement, or several in one transaction.
+    async fn write(&self, batch: &[Row], max_packet: u64) -> Result<(), sqlx::Error> {
+        let limit = usize::try_from(max_packet / 2)
+            .unwrap_or(usize::MAX)
+            .min(STATEMENT_BYTES);
+        let chunks = chunks(batch, limit);
+        if let [only] = chunks.as_slice() {
+            // One statement is atomic on its own.
+            upsert(only).execute(&self.pool).await?;
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for chunk in &chunks {
+            upsert(chunk).execute(&mut *tx).await?;
+        }
+        tx.commit().await
     }
 }
 
@@ -201,6 +244,10 @@ fn refuses_the_data(number: u16, sqlstate: Option<&str>) -> bool {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[error("cannot connect: {0}")]
+struct CannotConnect(sqlx::Error);
+
+#[derive(Debug, thiserror::Error)]
 #[error(
     "the row of task {task_id} has {size} bytes, more than the server's max_allowed_packet ({max})"
 )]
@@ -225,7 +272,10 @@ impl ResultBackend for DjangoDb {
         if batch.is_empty() {
             return Ok(());
         }
-        let max = self.max_packet().await?;
+        let max = match self.max_packet().await {
+            Ok(max) => max,
+            Err(e) => return Err(self.explain(e).await),
+        };
         if let Some(big) = batch.iter().find(|r| r.size() as u64 + 1024 > max) {
             return Err(BackendError::permanent(
                 NAME,
@@ -236,26 +286,16 @@ impl ResultBackend for DjangoDb {
                 },
             ));
         }
-        let limit = usize::try_from(max / 2)
-            .unwrap_or(usize::MAX)
-            .min(STATEMENT_BYTES);
-        let chunks = chunks(batch, limit);
-        if let [only] = chunks.as_slice() {
-            // One statement is atomic on its own.
-            upsert(only).execute(&self.pool).await.map_err(classify)?;
-            return Ok(());
+        match self.write(batch, max).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.explain(e).await),
         }
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        for chunk in &chunks {
-            upsert(chunk).execute(&mut *tx).await.map_err(classify)?;
-        }
-        tx.commit().await.map_err(classify)
     }
 
     fn describe(&self) -> String {
         format!(
             "in {TABLE} (django-celery-results) at {}{}",
-            self.redacted,
+            self.url.redacted(),
             if self.extended { ", extended" } else { "" }
         )
     }
