@@ -4,7 +4,7 @@
 //!
 //! * **Pure formats** (no I/O): [`envelope`] (Kombu's Redis list entry), [`message`] (task
 //!   messages, protocol v2 and v1), [`content`] and [`compression`] (body codecs), [`result`]
-//!   (result records and exception encoding), [`time`] (Python `isoformat` timestamps) and
+//!   (result records and exception encoding), [`pyjson`] (JSON text as Python writes it), [`time`] (Python `isoformat` timestamps) and
 //!   [`kombu`] (key names and priority layout). These take bytes and return typed values or a
 //!   [`DecodeError`]; they never panic on hostile input, which a property test checks.
 //! * **Redis clients** ([`redis`]): the Kombu-compatible broker and the result backend, which
@@ -16,6 +16,7 @@ pub mod envelope;
 pub mod error;
 pub mod kombu;
 pub mod message;
+pub mod pyjson;
 pub mod redis;
 pub mod result;
 pub mod time;

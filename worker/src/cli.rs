@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::WorkerConfig;
+use crate::config::{ResultBackendConfig, WorkerConfig};
 use crate::registry::RegistryBuilder;
 use crate::test_tasks;
 use crate::worker::Worker;
@@ -40,9 +40,14 @@ pub struct Args {
         hide_env_values = true
     )]
     pub broker: String,
-    /// Result backend URL (Redis). Without it no results are stored.
+    /// Result backend: a redis:// URL, or django-db (django-celery-results' table in the
+    /// database of DATABASE_URL). Without it no results are stored.
     #[arg(long, env = "CELERY_RESULT_BACKEND", hide_env_values = true)]
     pub result_backend: Option<String>,
+    /// Store the task name, arguments, worker and periodic task name with results (Celery's
+    /// result_extended; django-db's extended columns)
+    #[arg(long, env = "CELERY_RESULT_EXTENDED", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub result_extended: bool,
     /// Comma-separated queues to consume [default: $CELERY_TASK_DEFAULT_QUEUE or celery]
     #[arg(short = 'Q', long, env = "CELERY_WORKER_QUEUES", value_delimiter = ',')]
     pub queues: Vec<String>,
@@ -115,6 +120,52 @@ pub enum ConfigError {
     },
 }
 
+/// Reads `--result-backend`: a Redis URL, or Celery's `django-db`.
+fn result_backend(value: &str) -> Result<ResultBackendConfig, ConfigError> {
+    const SETTING: &str = "--result-backend";
+    if value == "django-db" {
+        #[cfg(feature = "mysql")]
+        {
+            return match crate::mysql::DatabaseUrl::from_env()? {
+                Some(url) => Ok(ResultBackendConfig::DjangoDb(url)),
+                None => Err(ConfigError::Invalid {
+                    setting: SETTING,
+                    reason: format!(
+                        "django-db stores results in the database of {}, which is not set",
+                        crate::mysql::DATABASE_URL
+                    ),
+                }),
+            };
+        }
+        #[cfg(not(feature = "mysql"))]
+        return Err(ConfigError::Invalid {
+            setting: SETTING,
+            reason: "django-db needs the `mysql` feature, which this worker was built without"
+                .into(),
+        });
+    }
+    if !value.contains("://") {
+        // Whatever it is, a value with an `@` may hold a password: it is not repeated.
+        let shown = if value.contains('@') {
+            "the value given".to_owned()
+        } else {
+            format!("{value:?}")
+        };
+        return Err(ConfigError::Invalid {
+            setting: SETTING,
+            reason: format!(
+                "{shown} is not a backend celeriac has: use a redis:// or rediss:// URL, or django-db"
+            ),
+        });
+    }
+    RedisUrl::parse(value)
+        .map(ResultBackendConfig::Redis)
+        .map_err(|source| ConfigError::Url {
+            setting: SETTING,
+            source,
+        })
+}
+
 fn seconds(setting: &'static str, value: f64, allow_zero: bool) -> Result<Duration, ConfigError> {
     if !value.is_finite() || value < 0.0 || (!allow_zero && value == 0.0) || value > 1e9 {
         return Err(ConfigError::Invalid {
@@ -166,13 +217,9 @@ impl Args {
         config.result_backend = self
             .result_backend
             .filter(|s| !s.trim().is_empty())
-            .map(|s| {
-                RedisUrl::parse(&s).map_err(|source| ConfigError::Url {
-                    setting: "--result-backend",
-                    source,
-                })
-            })
+            .map(|s| result_backend(s.trim()))
             .transpose()?;
+        config.result_extended = self.result_extended;
         let queues: Vec<String> = self
             .queues
             .iter()
@@ -387,5 +434,36 @@ mod tests {
         assert_eq!(ok.prefetch_limit(), 32);
         assert_eq!(ok.result_expires, None);
         assert!(log_filter("verbose").is_err());
+    }
+
+    #[test]
+    fn result_backends_are_redis_urls_or_django_db() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["celeriac-worker"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv)
+                .expect("flags parse")
+                .into_config()
+        };
+        let redis = parse(&[
+            "--result-backend",
+            "redis://:pw@h:6380/1",
+            "--result-extended",
+        ])
+        .expect("valid");
+        assert!(matches!(
+            redis.result_backend,
+            Some(ResultBackendConfig::Redis(ref url)) if url.to_string() == "redis://:***@h:6380/1"
+        ));
+        assert!(redis.result_extended);
+        let none = parse(&["--result-backend", " "]).expect("valid");
+        assert!(none.result_backend.is_none() && !none.result_extended);
+        for bad in ["django-cache", "db+mysql://u:pw@h/db", "u:pw@h"] {
+            let e = parse(&["--result-backend", bad])
+                .expect_err(bad)
+                .to_string();
+            assert!(e.starts_with("--result-backend"), "{e}");
+            assert!(!e.contains("pw"), "{e}");
+        }
     }
 }

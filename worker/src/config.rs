@@ -12,8 +12,11 @@ use chrono_tz::Tz;
 pub struct WorkerConfig {
     /// Broker URL.
     pub broker: RedisUrl,
-    /// Result backend URL; `None` stores no results (Celery's disabled backend).
-    pub result_backend: Option<RedisUrl>,
+    /// Where results are stored; `None` stores none (Celery's disabled backend).
+    pub result_backend: Option<ResultBackendConfig>,
+    /// Store the request's task name, arguments, worker and periodic task name with each result
+    /// (Celery's `result_extended`; django-celery-results' extended columns).
+    pub result_extended: bool,
     /// Queues to consume, in priority of polling.
     pub queues: Vec<String>,
     /// Queue of tasks sent from handlers without one (Celery's `task_default_queue`).
@@ -41,6 +44,18 @@ pub struct WorkerConfig {
     pub reconnect: Backoff,
 }
 
+/// A result backend, as Celery's `result_backend` setting names it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ResultBackendConfig {
+    /// Celery's Redis backend (`redis://…`, `rediss://…`).
+    Redis(RedisUrl),
+    /// `django-db`: django-celery-results' `TaskResult` table, in the database of
+    /// `DATABASE_URL`.
+    #[cfg(feature = "mysql")]
+    DjangoDb(crate::mysql::DatabaseUrl),
+}
+
 /// Upper bound on held messages when the prefetch multiplier is 0 (unlimited in Celery).
 pub const UNLIMITED_PREFETCH: usize = 65_536;
 
@@ -50,6 +65,7 @@ impl WorkerConfig {
         Self {
             broker,
             result_backend: None,
+            result_extended: false,
             queues: vec!["celery".into()],
             default_queue: "celery".into(),
             concurrency: std::thread::available_parallelism()

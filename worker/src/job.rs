@@ -57,15 +57,7 @@ pub(crate) async fn process(shared: Arc<Shared>, mut job: Job) {
             msg.headers.task, job.queue
         );
         let exc = PyException::celery("NotRegistered", msg.headers.task.clone());
-        let store = record(
-            &shared,
-            &msg,
-            None,
-            State::Failure,
-            exc.to_value(),
-            None,
-            Vec::new(),
-        );
+        let store = record(&msg, None, State::Failure, exc.to_value(), None, Vec::new());
         count(&msg.headers.task, "not_registered");
         settle(&shared, &mut job, store);
         return;
@@ -113,15 +105,7 @@ pub(crate) async fn process(shared: Arc<Shared>, mut job: Job) {
         // Through the result pipeline: no round trip of its own, and always stored before the
         // final state of the same task, which goes the same way later.
         let started = json!({"pid": std::process::id(), "hostname": shared.config.hostname});
-        if let Some(store) = record(
-            &shared,
-            &msg,
-            Some(&task),
-            State::Started,
-            started,
-            None,
-            Vec::new(),
-        ) {
+        if let Some(store) = record(&msg, Some(&task), State::Started, started, None, Vec::new()) {
             store_only(&shared, store);
         }
     }
@@ -146,15 +130,7 @@ pub(crate) async fn process(shared: Arc<Shared>, mut job: Job) {
                 runtime.as_secs_f64()
             );
             count(task.name(), "success");
-            let store = record(
-                &shared,
-                &msg,
-                Some(&task),
-                State::Success,
-                value,
-                None,
-                Vec::new(),
-            );
+            let store = record(&msg, Some(&task), State::Success, value, None, Vec::new());
             settle(&shared, &mut job, store);
         }
         Err(TaskError::Failed(e)) => fail(&shared, &mut job, &msg, &task, &name, e, runtime),

@@ -19,6 +19,7 @@
 //! ```
 
 pub mod args;
+mod backend;
 pub mod cli;
 pub mod config;
 mod consumer;
@@ -44,7 +45,8 @@ pub mod test_tasks;
 mod worker;
 
 pub use args::RawArgs;
-pub use config::WorkerConfig;
+pub use backend::BackendError;
+pub use config::{ResultBackendConfig, WorkerConfig};
 pub use context::{DeliveryInfo, Request, TaskContext};
 pub use cpu::{CpuError, CpuPool};
 pub use registry::{Registry, RegistryBuilder, TaskOptions};

@@ -74,30 +74,83 @@ fn sqlx_url(mut url: url::Url) -> url::Url {
     url
 }
 
+/// A parsed `DATABASE_URL`: the connection options, and the URL with its password hidden (the
+/// only form that is ever shown; `Debug` and `Display` print it).
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    options: MySqlConnectOptions,
+    redacted: String,
+}
+
+impl DatabaseUrl {
+    /// Reads a `mysql://user:pass@host:port/db[?ssl-mode=…&ssl-ca=…]` URL.
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            setting: DATABASE_URL,
+            reason,
+        };
+        if !url.starts_with("mysql://") {
+            return Err(invalid(format!("{} is not a mysql:// URL", redact(url))));
+        }
+        // sqlx's parse errors can quote the URL: only the redacted form is shown.
+        let options = url::Url::parse(url)
+            .ok()
+            .and_then(|u| MySqlConnectOptions::from_str(sqlx_url(u).as_str()).ok())
+            .ok_or_else(|| invalid(format!("{} cannot be read as a MySQL URL", redact(url))))?;
+        // sqlx builds its VERIFY_CA verifier with rustls' process-wide crypto provider, which
+        // rustls cannot choose when, as here with the S3 client, both ring and aws-lc-rs are
+        // compiled in: the connection would panic. ring is the one sqlx uses for the rest of the
+        // handshake (and the Redis client for rediss://); a provider installed already is kept.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Ok(Self {
+            options,
+            redacted: redact(url),
+        })
+    }
+
+    /// The URL of `DATABASE_URL`, or `None` when it is unset or blank.
+    pub fn from_env() -> Result<Option<Self>, ConfigError> {
+        let url = std::env::var(DATABASE_URL).unwrap_or_default();
+        if url.trim().is_empty() {
+            return Ok(None);
+        }
+        Self::parse(&url).map(Some)
+    }
+
+    /// The connection options (TLS included).
+    pub fn options(&self) -> &MySqlConnectOptions {
+        &self.options
+    }
+
+    /// The URL with its password hidden.
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("DatabaseUrl").field(&self.redacted).finish()
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
 /// Adds the pool from the environment to `builder` (or declares it unavailable, and why).
 /// Must run inside a tokio runtime. Returns the redacted URL and the size, for the log.
 pub fn add_pool(
     builder: RegistryBuilder,
 ) -> Result<(RegistryBuilder, Option<(String, u32)>), ConfigError> {
-    let url = std::env::var(DATABASE_URL).unwrap_or_default();
-    if url.trim().is_empty() {
+    let Some(url) = DatabaseUrl::from_env()? else {
         return Ok((
             builder.unavailable::<MySqlPool>(format!("{DATABASE_URL} is not set")),
             None,
         ));
-    }
-    let invalid = |reason: String| ConfigError::Invalid {
-        setting: DATABASE_URL,
-        reason,
     };
-    if !url.starts_with("mysql://") {
-        return Err(invalid(format!("{} is not a mysql:// URL", redact(&url))));
-    }
-    // sqlx's parse errors can quote the URL: only the redacted form is shown.
-    let options = url::Url::parse(&url)
-        .ok()
-        .and_then(|u| MySqlConnectOptions::from_str(sqlx_url(u).as_str()).ok())
-        .ok_or_else(|| invalid(format!("{} cannot be read as a MySQL URL", redact(&url))))?;
     let size = match std::env::var(POOL_SIZE) {
         Err(_) => 10,
         Ok(s) => s
@@ -110,16 +163,11 @@ pub fn add_pool(
                 reason: format!("{s:?} is not a pool size in 1..=1000"),
             })?,
     };
-    // sqlx builds its VERIFY_CA verifier with rustls' process-wide crypto provider, which rustls
-    // cannot choose when, as here with the S3 client, both ring and aws-lc-rs are compiled in: the
-    // connection would panic. ring is the one sqlx uses for the rest of the handshake (and the
-    // Redis client for rediss://); a provider installed already is kept.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let pool = MySqlPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_lazy_with(options);
-    Ok((builder.resource(pool), Some((redact(&url), size))))
+        .connect_lazy_with(url.options().clone());
+    Ok((builder.resource(pool), Some((url.redacted, size))))
 }
 
 #[cfg(test)]

@@ -5,18 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use celeriac_protocol::message::{py_repr, py_tuple_repr};
-use celeriac_protocol::redis::StoreRequest;
-use celeriac_protocol::result::{PyException, ResultRecord, State, result_tuple};
+use celeriac_protocol::result::{PyException, State, result_tuple};
 use celeriac_protocol::time::{Timestamp, isoformat};
 use celeriac_protocol::{Protocol, TaskMessage};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tracing::{error, info, warn};
 
+use crate::backend::Entry;
 use crate::job::Job;
 use crate::registry::RegisteredTask;
 use crate::retry::until_ok;
-use crate::settle::Settlement;
 use crate::task_error::{PyError, Retry, TaskError};
 use crate::worker::Shared;
 
@@ -61,7 +60,6 @@ pub(crate) async fn reject(
         ],
     );
     let store = record(
-        shared,
         msg,
         Some(task),
         State::Failure,
@@ -92,7 +90,6 @@ pub(crate) fn fail(
             .then(|| traceback_text(shared, msg, &e.exception))
     });
     let store = record(
-        shared,
         msg,
         Some(task),
         State::Failure,
@@ -177,7 +174,6 @@ pub(crate) async fn retry(
     );
     let result = r.exc.map_or(Value::Null, |e| e.exception.to_value());
     let store = record(
-        shared,
         msg,
         Some(task),
         State::Retry,
@@ -252,7 +248,6 @@ pub(crate) fn discard_expired(
     count(task.name(), "expired");
     let exc = PyException::celery("TaskRevokedError", "expired");
     let store = record(
-        shared,
         msg,
         Some(task),
         State::Revoked,
@@ -269,17 +264,16 @@ pub(crate) fn ignores_result(msg: &TaskMessage, task: &RegisteredTask) -> bool {
         .unwrap_or(task.options().ignore_result)
 }
 
-/// The record to store, or `None` when results are off for this message.
-pub(crate) fn record(
-    shared: &Shared,
-    msg: &TaskMessage,
+/// What to store for this message, or `None` when it ignores results. `task` is `None` for
+/// an unregistered task.
+pub(crate) fn record<'a>(
+    msg: &'a TaskMessage,
     task: Option<&Arc<RegisteredTask>>,
-    status: State,
+    state: State,
     result: Value,
     traceback: Option<String>,
     children: Vec<Value>,
-) -> Option<StoreRequest> {
-    shared.backend.as_ref()?;
+) -> Option<Entry<'a>> {
     let ignore = match task {
         Some(t) => ignores_result(msg, t),
         None => msg.headers.ignore_result.unwrap_or(false),
@@ -287,39 +281,26 @@ pub(crate) fn record(
     if ignore {
         return None;
     }
-    let mut rec = ResultRecord::new(
-        &msg.headers.id,
-        status,
+    Some(Entry {
+        msg,
+        registered: task.is_some(),
+        state,
         result,
-        Utc::now(),
-        shared.config.timezone,
-    );
-    rec.traceback = traceback;
-    rec.children = children;
-    rec.group_id = msg.headers.group.clone();
-    rec.parent_id = msg.headers.parent_id.clone();
-    Some(StoreRequest {
-        task_id: msg.headers.id.clone(),
-        record: rec.to_json(),
-        ttl: shared.config.result_expires,
+        traceback,
+        children,
+        at: Utc::now(),
     })
 }
 
-pub(crate) fn settle(shared: &Shared, job: &mut Job, store: Option<StoreRequest>) {
-    shared.settler.send(Settlement {
-        store,
-        tag: Some(job.tag.clone()),
-        permit: job.prefetch.take(),
-    });
+pub(crate) fn settle(shared: &Shared, job: &mut Job, entry: Option<Entry<'_>>) {
+    shared
+        .settler
+        .settle(entry, job.tag.clone(), job.prefetch.take());
 }
 
 /// Queues an intermediate record (STARTED): stored in order before the final one, acks nothing.
-pub(crate) fn store_only(shared: &Shared, store: StoreRequest) {
-    shared.settler.send(Settlement {
-        store: Some(store),
-        tag: None,
-        permit: None,
-    });
+pub(crate) fn store_only(shared: &Shared, entry: Entry<'_>) {
+    shared.settler.store_only(entry);
 }
 
 fn traceback_text(shared: &Shared, msg: &TaskMessage, exc: &PyException) -> String {

@@ -11,19 +11,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_protocol::redis::{BrokerOptions, RedisBackend, RedisBroker, RedisClientError};
+use celeriac_protocol::redis::{BrokerOptions, RedisBroker, RedisClientError};
 use thiserror::Error;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::backend::{self, BackendError, Connected, PipelineDeps};
 use crate::config::WorkerConfig;
 use crate::inflight::InFlight;
 use crate::job::{self, Job};
 use crate::registry::Registry;
 use crate::sender::TaskSender;
-use crate::settle::{self, Settler};
+use crate::settle::Settler;
 use crate::{consumer, maintenance};
 
 /// How long stores and acks may take to flush once tasks are done.
@@ -42,6 +43,13 @@ pub enum WorkerError {
         #[source]
         source: RedisClientError,
     },
+    /// Shutdown was requested before the result backend could be reached.
+    #[error("shut down before the result backend could be reached: {source}")]
+    BackendNeverConnected {
+        /// The last connection error.
+        #[source]
+        source: BackendError,
+    },
 }
 
 /// State shared by the consumer, the jobs and the upkeep tasks.
@@ -50,7 +58,6 @@ pub(crate) struct Shared {
     pub config: WorkerConfig,
     pub registry: Registry,
     pub broker: RedisBroker,
-    pub backend: Option<RedisBackend>,
     pub inflight: Arc<InFlight>,
     pub concurrency: Arc<Semaphore>,
     pub settler: Settler,
@@ -80,11 +87,7 @@ impl Worker {
     /// Runs until `shutdown` fires and the shutdown phases are done.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let Self { config, registry } = self;
-        let (broker, backend) = match connect(&config, &shutdown).await {
-            Ok(Some(pair)) => pair,
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(e),
-        };
+        let (broker, results) = connect(&config, &shutdown).await?;
         let declared =
             crate::retry::until_ok("declaring queues", config.reconnect, &shutdown, || {
                 broker.declare_queues(&config.queues)
@@ -103,14 +106,14 @@ impl Worker {
         let abort = CancellationToken::new();
         let closing = CancellationToken::new();
         let give_up = CancellationToken::new();
-        let (settler, pipeline) = settle::start(
-            backend.clone(),
-            broker.clone(),
-            inflight.clone(),
-            config.reconnect,
-            closing.clone(),
-            give_up.clone(),
-        );
+        let results_in = results.describe();
+        let (settler, pipeline) = results.start(PipelineDeps {
+            broker: broker.clone(),
+            inflight: inflight.clone(),
+            backoff: config.reconnect,
+            closing: closing.clone(),
+            give_up: give_up.clone(),
+        });
         let origin = format!("gen{}@{}", std::process::id(), crate::cli::host_name());
         let sender = Arc::new(TaskSender::new(
             broker.clone(),
@@ -125,7 +128,6 @@ impl Worker {
             config,
             registry,
             broker,
-            backend,
             inflight,
             settler,
             stop: shutdown.clone(),
@@ -141,10 +143,7 @@ impl Worker {
             shared.config.hostname,
             shared.config.queues.join(", "),
             shared.broker.url(),
-            shared
-                .backend
-                .as_ref()
-                .map_or_else(|| "disabled".to_owned(), |b| format!("in {}", b.url())),
+            results_in,
             shared.registry.names().len(),
             shared.config.concurrency,
             shared.config.prefetch_limit(),
@@ -217,7 +216,7 @@ impl Worker {
 async fn connect(
     config: &WorkerConfig,
     shutdown: &CancellationToken,
-) -> Result<Option<(RedisBroker, Option<RedisBackend>)>, WorkerError> {
+) -> Result<(RedisBroker, Box<dyn Connected>), WorkerError> {
     let opts = BrokerOptions {
         visibility_timeout: config.visibility_timeout,
         dead_letter_key: config.dead_letter_key.clone(),
@@ -225,18 +224,9 @@ async fn connect(
         ..BrokerOptions::default()
     };
     let mut attempt = 0u32;
-    loop {
-        let result = async {
-            let broker = RedisBroker::connect(&config.broker, opts.clone()).await?;
-            let backend = match &config.result_backend {
-                Some(url) => Some(RedisBackend::connect(url, opts.response_timeout).await?),
-                None => None,
-            };
-            Ok::<_, RedisClientError>((broker, backend))
-        }
-        .await;
-        match result {
-            Ok(pair) => return Ok(Some(pair)),
+    let broker = loop {
+        match RedisBroker::connect(&config.broker, opts.clone()).await {
+            Ok(broker) => break broker,
             Err(e) => {
                 let delay = config.reconnect.delay(attempt);
                 attempt = attempt.saturating_add(1);
@@ -245,6 +235,24 @@ async fn connect(
                     biased;
                     () = shutdown.cancelled() => {
                         return Err(WorkerError::NeverConnected { url: config.broker.redacted(), source: e });
+                    }
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    };
+    let mut attempt = 0u32;
+    loop {
+        match backend::connect(config, opts.response_timeout).await {
+            Ok(results) => return Ok((broker, results)),
+            Err(e) => {
+                let delay = config.reconnect.delay(attempt);
+                attempt = attempt.saturating_add(1);
+                warn!(error = %e, "cannot connect to the result backend; retrying in {delay:?}");
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => {
+                        return Err(WorkerError::BackendNeverConnected { source: e });
                     }
                     () = tokio::time::sleep(delay) => {}
                 }
