@@ -297,10 +297,10 @@ fn jpeg_exif(b: &[u8]) -> Option<&[u8]> {
         }
         let len = usize::from(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]));
         let body = b.get(i + 2..i + len)?;
-        if code == 0xE1 {
-            if let Some(tiff) = body.strip_prefix(b"Exif\0\0") {
-                return Some(tiff);
-            }
+        if code == 0xE1
+            && let Some(tiff) = body.strip_prefix(b"Exif\0\0")
+        {
+            return Some(tiff);
         }
         i += len;
     }
