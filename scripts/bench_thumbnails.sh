@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The thumbnail benchmark (issue 6): celeriac-worker's media.thumbnail (release build) against the
 # same task in Python (tests/bench/pythumbs.py: Pillow's Image.thumbnail path, boto3, PyMySQL) on
-# a Python Celery 5.7 prefork worker (-c = CPUs), both making the thumbnails of the same 200
+# a Python Celery 5.7 prefork worker (-c = CPUs; celeriac-worker gets --concurrency 2 x CPUs, its
+# CPU pool one decode per CPU), both making the thumbnails of the same 200
 # photos of 12 MP, one after the other in the same run, on the same private services: a Redis
 # started here on a free loopback port, and a MariaDB and the moto S3 server that the driver
 # starts (never the system's). The photos are generated once into ~/.cache/celeriac/bench-photos.

@@ -144,7 +144,8 @@ def parse_args(argv):
     p.add_argument("--concurrency", "-c", type=int, default=os.cpu_count(),
                    help=f"Python prefork pool size (default os.cpu_count() = {os.cpu_count()})")
     p.add_argument("--celeriac-arg", action="append", default=[], metavar="ARG",
-                   help="an extra argument for celeriac-worker (repeatable), e.g. --celeriac-arg=--concurrency=4")
+                   help="an extra argument for celeriac-worker (repeatable; its --concurrency is 2 x CPUs "
+                        "unless given here), e.g. --celeriac-arg=--concurrency=8")
     p.add_argument("--sizes", default="128,512", help="CELERIAC_THUMBNAIL_SIZES for both workers (default 128,512)")
     p.add_argument("--rounds", type=int, default=1,
                    help="runs of each worker; the order alternates between rounds, medians are reported")
@@ -340,8 +341,12 @@ def worker_command(kind, args):
         celery_bin = os.path.join(os.path.dirname(sys.executable), "celery")
         return [celery_bin, "-A", "pythumbs", "worker", "-Q", QUEUE, "--concurrency", str(args.concurrency),
                 "--pool", "prefork", "-l", "warning", "--without-heartbeat", "--without-gossip", "--without-mingle"]
+    # Tasks in flight: twice the CPUs, so downloads and uploads overlap the image work, which the
+    # worker's CPU pool keeps at one decode per CPU (a --celeriac-arg=--concurrency=N overrides).
+    concurrency = [] if any(a.startswith(("--concurrency", "-c")) for a in args.celeriac_arg) else [
+        "--concurrency", str(2 * (os.cpu_count() or 1))]
     return [args.worker_bin, "--broker", url(args.port, BROKER_DB), "--result-backend", url(args.port, RESULT_DB),
-            "-Q", QUEUE, *args.celeriac_arg]
+            "-Q", QUEUE, *concurrency, *args.celeriac_arg]
 
 
 def worker_env(kind, args, services_env):

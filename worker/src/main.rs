@@ -7,10 +7,6 @@ use std::process::ExitCode;
 
 use celeriac_worker::Registry;
 
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     #[cfg(feature = "media")]
     let tasks = match celeriac_worker::media::register(Registry::builder()) {
