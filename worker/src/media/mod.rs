@@ -177,6 +177,25 @@ fn mysql_transient(e: &sqlx::Error) -> bool {
     }
 }
 
+/// A MySQL error as the task's outcome: a Celery retry when waiting can fix it, else a failure.
+fn mysql_failure(ctx: &TaskContext, asset: Option<u64>, e: &sqlx::Error) -> TaskError {
+    if mysql_transient(e) {
+        retry_transient(ctx, mysql_error(asset, e))
+    } else {
+        TaskError::Failed(mysql_error(asset, e))
+    }
+}
+
+/// `t` in UTC as MySQL's `DATETIME(6)` reads it (Django's `USE_TZ = True` stores UTC).
+fn mysql_datetime(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+}
+
+/// Now, as [`mysql_datetime`] writes it.
+fn now_utc() -> String {
+    mysql_datetime(chrono::Utc::now())
+}
+
 /// The Python exception for a MySQL error (`OperationalError` as Django's MySQL driver names
 /// connection failures).
 fn mysql_error(asset: Option<u64>, e: &sqlx::Error) -> PyError {

@@ -18,8 +18,8 @@ use serde_json::Value;
 // Statements built with format! hold only constants and `?` placeholders; values are bound.
 use sqlx::{AssertSqlSafe, MySqlPool};
 
-use super::thumbnail::{now_utc, s3_transient};
-use super::{TABLE, mysql_error, mysql_transient, py_repr, retry_transient};
+use super::thumbnail::s3_transient;
+use super::{TABLE, mysql_datetime, mysql_failure, now_utc, py_repr, retry_transient};
 use crate::TaskContext;
 use crate::s3::Storage;
 use crate::task_error::{PyError, TaskError};
@@ -78,22 +78,15 @@ pub(super) async fn run(ctx: TaskContext, args: Args) -> Result<u64, TaskError> 
     let days = check_days(&args.days)?;
     let pool = ctx.resource::<MySqlPool>()?;
     let storage = ctx.resource::<Storage>()?;
-    let db = |e: sqlx::Error| {
-        if mysql_transient(&e) {
-            retry_transient(&ctx, mysql_error(None, &e))
-        } else {
-            TaskError::Failed(mysql_error(None, &e))
-        }
-    };
+    let db = |e: sqlx::Error| mysql_failure(&ctx, None, &e);
     // Microseconds: `days` may be fractional, as Python's timedelta(days=...) allows.
     #[allow(clippy::cast_possible_truncation)]
     let micros = (days * 86_400_000_000.0).min(i64::MAX as f64) as i64;
-    let cutoff = chrono::Utc::now()
-        .checked_sub_signed(chrono::Duration::microseconds(micros))
-        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
-        .naive_utc()
-        .format("%Y-%m-%d %H:%M:%S%.6f")
-        .to_string();
+    let cutoff = mysql_datetime(
+        chrono::Utc::now()
+            .checked_sub_signed(chrono::Duration::microseconds(micros))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC),
+    );
     let mut marked = 0u64;
     let mut after = 0i64;
     loop {

@@ -12,7 +12,7 @@ use sqlx::MySqlPool;
 use super::picture::{self, PictureError, Rendered};
 use super::{
     MAX_SIZE, MISSING_ROW_COUNTDOWN, MISSING_ROW_RETRIES, MediaSettings, as_id, mysql_error,
-    mysql_transient, py_repr, retry_transient,
+    mysql_failure, now_utc, py_repr, retry_transient,
 };
 use crate::s3::Storage;
 use crate::task_error::{PyError, TaskError};
@@ -82,13 +82,7 @@ pub(super) async fn run(ctx: TaskContext, args: Args) -> Result<Value, TaskError
     .bind(id)
     .fetch_optional(pool)
     .await
-    .map_err(|e| {
-        if mysql_transient(&e) {
-            transient(&e)
-        } else {
-            TaskError::Failed(mysql_error(Some(id), &e))
-        }
-    })?;
+    .map_err(|e| mysql_failure(&ctx, Some(id), &e))?;
     let Some((original, status, before)) = row else {
         // Maybe not committed yet: look again shortly, a few times.
         return Err(Retry::default()
@@ -202,13 +196,7 @@ pub(super) async fn run(ctx: TaskContext, args: Args) -> Result<Value, TaskError
     .bind(id)
     .execute(pool)
     .await
-    .map_err(|e| {
-        if mysql_transient(&e) {
-            transient(&e)
-        } else {
-            TaskError::Failed(mysql_error(Some(id), &e))
-        }
-    })?;
+    .map_err(|e| mysql_failure(&ctx, Some(id), &e))?;
     if updated.rows_affected() == 0 {
         let status: Option<(String,)> =
             sqlx::query_as("SELECT status FROM media_mediaasset WHERE id = ?")
@@ -249,14 +237,6 @@ fn s3_io(id: u64, what: &str) -> PyError {
     PyError::builtin("ConnectionError", format!("media asset {id}: S3: {what}"))
 }
 
-/// Now, in UTC, as MySQL's `DATETIME(6)` reads it.
-pub(super) fn now_utc() -> String {
-    chrono::Utc::now()
-        .naive_utc()
-        .format("%Y-%m-%d %H:%M:%S%.6f")
-        .to_string()
-}
-
 /// A permanent failure of the asset: the row becomes `failed` with the message (unless it was
 /// purged), and the task fails with `exc`. A database that is down makes it a retry.
 async fn fail(
@@ -283,8 +263,7 @@ async fn fail(
     .await;
     match marked {
         Ok(_) => Err(exc.into()),
-        Err(e) if mysql_transient(&e) => Err(retry_transient(ctx, mysql_error(Some(id), &e))),
-        Err(e) => Err(TaskError::Failed(mysql_error(Some(id), &e))),
+        Err(e) => Err(mysql_failure(ctx, Some(id), &e)),
     }
 }
 
