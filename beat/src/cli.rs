@@ -2,22 +2,23 @@
 //! configuration out; then either the scheduler runs with signals mapped to its shutdown input,
 //! or `schedule` prints the coming fire times.
 
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
+use celeriac_ops::http::Listener;
+use celeriac_ops::{LogFormat, signals};
 use celeriac_protocol::redis::{RedisBeat, RedisUrl};
 use celeriac_protocol::time::Timestamp;
 use chrono::Utc;
 use chrono_tz::Tz;
 use clap::{Parser, Subcommand, ValueEnum};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use tracing_subscriber::EnvFilter;
 
 use crate::file;
+use crate::health::BeatHealth;
 use crate::message::Sender;
 use crate::preview;
 use crate::scheduler::{Beat, BeatConfig};
@@ -98,6 +99,25 @@ pub struct Args {
         default_value = "3"
     )]
     pub lease_ttl: f64,
+    /// Serve /healthz, /readyz and /metrics on this host:port (off when unset)
+    #[arg(long, global = true, env = "CELERIAC_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// Seconds without a broker reply after which /healthz fails
+    #[arg(
+        long,
+        global = true,
+        env = "CELERIAC_STALL_TIMEOUT",
+        default_value = "60"
+    )]
+    pub stall_timeout: f64,
+    /// Log lines as text (for people) or json (one object per line)
+    #[arg(
+        long,
+        global = true,
+        env = "CELERIAC_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: String,
     /// What to do instead of running the scheduler
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -129,55 +149,17 @@ pub enum Format {
     Json,
 }
 
-fn log_filter(level: &str) -> Result<EnvFilter, String> {
-    let directive = match level.trim().to_ascii_uppercase().as_str() {
-        "DEBUG" => "debug",
-        "INFO" => "info",
-        "WARNING" | "WARN" => "warn",
-        "ERROR" | "CRITICAL" | "FATAL" => "error",
-        other => return Err(format!("--loglevel: unknown level {other}")),
-    };
-    Ok(EnvFilter::new(directive))
-}
-
-async fn watch_signals(shutdown: CancellationToken) {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("cannot install signal handlers");
-        return;
-    };
-    let first = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    info!("{first} received: stopping and releasing the lease");
-    shutdown.cancel();
-    let code = tokio::select! {
-        _ = term.recv() => 143,
-        _ = int.recv() => 130,
-    };
-    warn!("second signal: exiting now");
-    std::process::exit(code);
-}
-
 /// Runs the `celeriac-beat` binary.
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = match log_filter(&args.loglevel) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("celeriac-beat: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let logs = args
+        .log_format
+        .parse::<LogFormat>()
+        .and_then(|format| celeriac_ops::logs::init(&args.loglevel, format));
+    if let Err(e) = logs {
+        eprintln!("celeriac-beat: {e}");
+        return ExitCode::from(2);
+    }
     match run(args) {
         Ok(code) => code,
         Err(e) => {
@@ -316,6 +298,18 @@ async fn run_beat<S: Source>(args: &Args, timezone: Tz, source: S) -> Result<Exi
             "invalid configuration: --key-prefix and --default-queue cannot be empty".into(),
         );
     }
+    if !(args.stall_timeout.is_finite() && args.stall_timeout > 0.0 && args.stall_timeout <= 1e6) {
+        return Err(format!(
+            "invalid configuration: --stall-timeout {} is not a usable number of seconds",
+            args.stall_timeout
+        ));
+    }
+    let listener = args
+        .http_addr
+        .as_deref()
+        .map(Listener::bind)
+        .transpose()
+        .map_err(|e| format!("invalid configuration: {e}"))?;
     let mut config = BeatConfig::new(broker);
     config.key_prefix = args.key_prefix.clone();
     config.lease_ttl = Duration::from_secs_f64(args.lease_ttl);
@@ -325,11 +319,38 @@ async fn run_beat<S: Source>(args: &Args, timezone: Tz, source: S) -> Result<Exi
         "celeriac-beat starting");
     let sender = Sender::new(timezone, args.default_queue.clone());
     let shutdown = CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone()));
-    let Some(store) = connect(&config, &shutdown).await else {
-        return Ok(ExitCode::SUCCESS);
-    };
-    Beat::new(config, sender, source, store).run(shutdown).await;
+    tokio::spawn(signals::watch(
+        shutdown.clone(),
+        signals::Messages {
+            first: "stopping and releasing the lease",
+            second: "exiting now",
+        },
+    ));
+    let health = Arc::new(BeatHealth::new(Duration::from_secs_f64(args.stall_timeout)));
+    let stop_serving = CancellationToken::new();
+    let server = listener.map(|listener| {
+        let metrics = match celeriac_ops::prometheus::install() {
+            Ok(handle) => {
+                crate::health::describe_metrics();
+                Some(handle)
+            }
+            Err(e) => {
+                error!("metrics are off: cannot install the Prometheus recorder: {e}");
+                None
+            }
+        };
+        listener.serve(health.clone(), metrics, stop_serving.clone())
+    });
+    if let Some(store) = connect(&config, &shutdown).await {
+        Beat::new(config, sender, source, store)
+            .with_health(health)
+            .run(shutdown)
+            .await;
+    }
+    stop_serving.cancel();
+    if let Some(server) = server {
+        let _ = server.await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -19,6 +19,7 @@ pub mod clock;
 pub mod django;
 pub mod entry;
 pub mod file;
+pub mod health;
 pub mod message;
 pub mod plan;
 pub mod preview;

@@ -20,6 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock::{Clock, SystemClock};
 use crate::entry::Entry;
+use crate::health::BeatHealth;
 use crate::message::Sender;
 use crate::plan::plan;
 use crate::schedule::Schedule;
@@ -108,6 +109,13 @@ pub struct Beat<S, B> {
     slots: Vec<Slot>,
     token: String,
     leader: bool,
+    health: Arc<BeatHealth>,
+}
+
+/// Counts due ticks of `entry` that were not sent, and why.
+fn skipped(entry: &str, reason: &'static str, n: u64) {
+    metrics::counter!("celeriac_beat_ticks_skipped_total", "entry" => entry.to_owned(), "reason" => reason)
+        .increment(n);
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -132,7 +140,14 @@ impl<S: Source, B: TickStore> Beat<S, B> {
             slots: Vec::new(),
             token: uuid::Uuid::new_v4().to_string(),
             leader: false,
+            health: Arc::new(BeatHealth::new(Duration::from_secs(60))),
         }
+    }
+
+    /// Reports to `health` (what `/healthz` and `/readyz` read) instead of a private one.
+    pub fn with_health(mut self, health: Arc<BeatHealth>) -> Self {
+        self.health = health;
+        self
     }
 
     /// Reads the time from `clock` instead of the system.
@@ -204,6 +219,7 @@ impl<S: Source, B: TickStore> Beat<S, B> {
                     }
                     Err(e) => {
                         failures += 1;
+                        self.health.unreachable();
                         warn!(error = %e, "cannot renew the beat lease; retrying");
                         next_renew = Instant::now()
                             + self
@@ -214,6 +230,7 @@ impl<S: Source, B: TickStore> Beat<S, B> {
                         continue;
                     }
                 }
+                self.health.answered(self.leader);
                 next_renew = Instant::now()
                     + if self.leader {
                         self.config.renew_every
@@ -366,6 +383,7 @@ impl<S: Source, B: TickStore> Beat<S, B> {
                 let (first, latest) = p.skipped_span.unwrap_or((now, now));
                 warn!(entry = %e.name, skipped = p.skipped, first = %first, last = %latest,
                     "due ticks not sent (catch-up policy)");
+                skipped(&e.name, "catch_up", p.skipped);
                 if let Err(err) = self.store.count_skipped(&e.name, p.skipped).await {
                     warn!(entry = %e.name, error = %err, "cannot count skipped ticks");
                 }
@@ -379,6 +397,7 @@ impl<S: Source, B: TickStore> Beat<S, B> {
                             error!(entry = %e.name, exchange = %exchange, routing_key = %rk,
                                 "no queue is bound to this exchange and routing key: tick not sent \
                                  (Python beat drops it silently)");
+                            skipped(&e.name, "unroutable", p.send.len() as u64);
                             None
                         }
                         Err(err) => {
@@ -407,7 +426,8 @@ impl<S: Source, B: TickStore> Beat<S, B> {
                         owners.push((index, *tick));
                     }
                     Err(err) => {
-                        error!(entry = %e.name, error = %err, "cannot encode the message; tick not sent")
+                        error!(entry = %e.name, error = %err, "cannot encode the message; tick not sent");
+                        skipped(&e.name, "encode", 1);
                     }
                 }
             }
@@ -449,6 +469,10 @@ impl<S: Source, B: TickStore> Beat<S, B> {
                         .unwrap_or("");
                     info!(entry = %tick.entry, task = %entry.task, id = %id, tick = %nominal,
                         lateness_ms = lateness, "sent");
+                    metrics::counter!("celeriac_beat_ticks_sent_total", "entry" => tick.entry.clone())
+                        .increment(1);
+                    metrics::histogram!("celeriac_beat_lateness_seconds")
+                        .record(lateness.max(0) as f64 / 1000.0);
                     match sent.last_mut() {
                         Some(s) if s.entry == tick.entry => s.count += 1,
                         _ => sent.push(Sent {
@@ -461,6 +485,8 @@ impl<S: Source, B: TickStore> Beat<S, B> {
                 }
                 TickOutcome::AlreadySent => {
                     debug!(entry = %tick.entry, tick = %nominal, "already sent by another beat");
+                    metrics::counter!("celeriac_beat_claims_refused_total", "entry" => tick.entry.clone())
+                        .increment(1);
                 }
                 TickOutcome::NotLeader => self.leader = false,
             }

@@ -3,18 +3,17 @@
 //!
 //! Your own binary reuses all of it: `celeriac_worker::cli::main(registry_builder)`.
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use celeriac_ops::http::Listener;
+use celeriac_ops::{LogFormat, signals};
 use celeriac_protocol::redis::{RedisUrl, UrlError};
 use chrono_tz::Tz;
 use clap::Parser;
 use thiserror::Error;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
-use tracing_subscriber::EnvFilter;
+use tracing::error;
 
 use crate::config::{ResultBackendConfig, WorkerConfig};
 use crate::registry::RegistryBuilder;
@@ -95,7 +94,19 @@ pub struct Args {
         default_value = "celeriac.rejected"
     )]
     pub dead_letter_key: String,
+    /// Serve /healthz, /readyz and /metrics on this host:port (off when unset)
+    #[arg(long, env = "CELERIAC_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// Seconds without a broker reply, while wanting messages, after which /healthz fails
+    #[arg(long, env = "CELERIAC_STALL_TIMEOUT", default_value = "60")]
+    pub stall_timeout: f64,
+    /// Log lines as text (for people) or json (one object per line)
+    #[arg(long, env = "CELERIAC_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
 }
+
+/// How often the queue lengths behind `celeriac_queue_length` are read.
+const QUEUE_LENGTH_EVERY: Duration = Duration::from_secs(5);
 
 /// A configuration that cannot be used.
 #[derive(Debug, Error)]
@@ -176,10 +187,7 @@ fn seconds(setting: &'static str, value: f64, allow_zero: bool) -> Result<Durati
     Ok(Duration::from_secs_f64(value))
 }
 
-/// This machine's host name.
-pub fn host_name() -> String {
-    gethostname::gethostname().to_string_lossy().into_owned()
-}
+pub use crate::config::host_name;
 
 /// Expands Celery's `%h`, `%n`, `%d` and `%%` in a node name.
 pub fn expand_hostname(pattern: &str, host: &str) -> String {
@@ -266,48 +274,10 @@ impl Args {
             });
         }
         config.dead_letter_key = self.dead_letter_key;
+        config.stall_timeout = seconds("--stall-timeout", self.stall_timeout, false)?;
+        config.queue_length_every = self.http_addr.is_some().then_some(QUEUE_LENGTH_EVERY);
         Ok(config)
     }
-}
-
-fn log_filter(level: &str) -> Result<EnvFilter, ConfigError> {
-    let directive = match level.trim().to_ascii_uppercase().as_str() {
-        "DEBUG" => "debug",
-        "INFO" => "info",
-        "WARNING" | "WARN" => "warn",
-        "ERROR" | "CRITICAL" | "FATAL" => "error",
-        other => {
-            return Err(ConfigError::Invalid {
-                setting: "--loglevel",
-                reason: format!("unknown level {other}"),
-            });
-        }
-    };
-    Ok(EnvFilter::new(directive))
-}
-
-/// Maps the first SIGTERM/SIGINT to a graceful shutdown and the second to an immediate exit
-/// (messages still unacked are restored by the visibility timeout, by any worker).
-async fn watch_signals(shutdown: CancellationToken) {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("cannot install signal handlers");
-        return;
-    };
-    let first = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    warn!("{first} received: warm shutdown (a second signal exits at once)");
-    shutdown.cancel();
-    let code = tokio::select! {
-        _ = term.recv() => 143,
-        _ = int.recv() => 130,
-    };
-    warn!("second signal: cold shutdown, exiting now; unacked messages stay recoverable");
-    std::process::exit(code);
 }
 
 /// Adds the resources the worker builds from the environment (the MySQL pool of
@@ -340,21 +310,24 @@ fn with_resources(
 /// Runs the worker binary with `tasks` plus the `celeriac.test.*` tasks.
 pub fn main(tasks: RegistryBuilder) -> ExitCode {
     let args = Args::parse();
-    let filter = match log_filter(&args.loglevel) {
-        Ok(f) => f,
+    let logs = args
+        .log_format
+        .parse::<LogFormat>()
+        .and_then(|format| celeriac_ops::logs::init(&args.loglevel, format));
+    if let Err(e) = logs {
+        eprintln!("celeriac-worker: {e}");
+        return ExitCode::from(2);
+    }
+    let http_addr = args.http_addr.clone();
+    let config = match args.into_config() {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("celeriac-worker: {e}");
+            error!("invalid configuration: {e}");
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
-    let config = match args.into_config() {
-        Ok(c) => c,
+    let listener = match http_addr.as_deref().map(Listener::bind).transpose() {
+        Ok(l) => l,
         Err(e) => {
             error!("invalid configuration: {e}");
             return ExitCode::from(2);
@@ -386,8 +359,34 @@ pub fn main(tasks: RegistryBuilder) -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
-        Worker::new(config, registry).run(shutdown).await
+        tokio::spawn(signals::watch(
+            shutdown.clone(),
+            signals::Messages {
+                first: "warm shutdown (a second signal exits at once)",
+                second: "cold shutdown, exiting now; unacked messages stay recoverable",
+            },
+        ));
+        let worker = Worker::new(config, registry);
+        let stop_serving = CancellationToken::new();
+        let server = listener.map(|listener| {
+            let metrics = match celeriac_ops::prometheus::install() {
+                Ok(handle) => {
+                    crate::stats::describe();
+                    Some(handle)
+                }
+                Err(e) => {
+                    error!("metrics are off: cannot install the Prometheus recorder: {e}");
+                    None
+                }
+            };
+            listener.serve(worker.health(), metrics, stop_serving.clone())
+        });
+        let result = worker.run(shutdown).await;
+        stop_serving.cancel();
+        if let Some(server) = server {
+            let _ = server.await;
+        }
+        result
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -433,7 +432,6 @@ mod tests {
         assert_eq!(ok.queues, ["default", "media"]);
         assert_eq!(ok.prefetch_limit(), 32);
         assert_eq!(ok.result_expires, None);
-        assert!(log_filter("verbose").is_err());
     }
 
     #[test]

@@ -42,6 +42,12 @@ pub struct WorkerConfig {
     pub dead_letter_key: String,
     /// Pauses between reconnect attempts.
     pub reconnect: Backoff,
+    /// Liveness fails after the consumer has waited this long for the broker while it wants
+    /// messages (it is stuck).
+    pub stall_timeout: Duration,
+    /// How often the queue lengths are read for the `celeriac_queue_length` gauge; `None` reads
+    /// none (metrics off).
+    pub queue_length_every: Option<Duration>,
 }
 
 /// A result backend, as Celery's `result_backend` setting names it.
@@ -72,7 +78,7 @@ impl WorkerConfig {
                 .map(|n| n.get())
                 .unwrap_or(1),
             prefetch_multiplier: 4,
-            hostname: format!("celery@{}", crate::cli::host_name()),
+            hostname: format!("celery@{}", host_name()),
             visibility_timeout: Duration::from_secs(3600),
             result_expires: Some(Duration::from_secs(86_400)),
             timezone: Tz::UTC,
@@ -80,6 +86,8 @@ impl WorkerConfig {
             shutdown_timeout: Duration::from_secs(25),
             dead_letter_key: "celeriac.rejected".into(),
             reconnect: Backoff::default(),
+            stall_timeout: Duration::from_secs(60),
+            queue_length_every: None,
         }
     }
 
@@ -93,4 +101,9 @@ impl WorkerConfig {
                 .clamp(1, UNLIMITED_PREFETCH),
         }
     }
+}
+
+/// This machine's host name.
+pub fn host_name() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
 }

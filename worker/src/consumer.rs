@@ -46,13 +46,22 @@ pub(crate) async fn run(shared: Arc<Shared>, prefetch: Arc<Semaphore>, jobs: Tas
                 }
             }
         }
-        let first = tokio::select! {
-            biased;
-            () = shared.stop.cancelled() => break,
-            permit = prefetch.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
+        let first = match prefetch.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Every message we may hold is held: idle by choice, not stuck.
+                shared.health.set_saturated(true);
+                let permit = tokio::select! {
+                    biased;
+                    () = shared.stop.cancelled() => break,
+                    permit = prefetch.clone().acquire_owned() => permit,
+                };
+                shared.health.set_saturated(false);
+                match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                }
+            }
         };
         // Take at most a quarter of the window per fetch, so that fetching, running, storing and
         // acking overlap instead of moving the whole window through each stage in turn.
@@ -88,10 +97,12 @@ pub(crate) async fn run(shared: Arc<Shared>, prefetch: Arc<Semaphore>, jobs: Tas
         };
         match fetched {
             Ok(batch) => {
+                shared.health.consumed();
                 if failures > 0 {
                     info!(
                         "broker connection restored after {failures} failed attempts; consuming again"
                     );
+                    crate::stats::reconnected();
                     failures = 0;
                 }
                 rotation = rotation.wrapping_add(batch.len());
@@ -113,6 +124,7 @@ pub(crate) async fn run(shared: Arc<Shared>, prefetch: Arc<Semaphore>, jobs: Tas
 /// Logs a broker failure and waits out the backoff for this many `failures` (then counts one
 /// more). Returns false when shutdown came first.
 async fn back_off(shared: &Shared, failures: &mut u32, error: &RedisClientError) -> bool {
+    shared.health.broker_failed();
     let delay = shared.config.reconnect.delay(*failures);
     *failures = failures.saturating_add(1);
     warn!(error = %error, "cannot reach the broker; retrying in {delay:?}");
@@ -138,7 +150,7 @@ fn dispatch(
                 shared.config.dead_letter_key,
                 preview(&raw)
             );
-            metrics::counter!("celeriac_messages_set_aside_total", "queue" => queue).increment(1);
+            crate::stats::set_aside(&queue);
         }
         DeliveryState::Tracked(tag) => match String::from_utf8(raw) {
             Ok(text) => {

@@ -5,6 +5,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use celeriac_ops::logs::OUTCOME_TARGET;
 use celeriac_protocol::result::{PyException, State};
 use celeriac_protocol::time::Timestamp;
 use celeriac_protocol::{Envelope, TaskMessage};
@@ -16,10 +17,11 @@ use tracing::{debug, error, info, warn};
 
 use crate::context::{DeliveryInfo, Request, TaskContext};
 use crate::outcome::{
-    count, discard_expired, fail, ignores_result, record, reject, retry, settle, store_only,
+    discard_expired, fail, ignores_result, record, reject, retry, settle, store_only,
 };
 use crate::registry::RegisteredTask;
 use crate::retry::until_ok;
+use crate::stats::{self, Finish};
 use crate::task_error::{PyError, TaskError};
 use crate::worker::Shared;
 
@@ -53,16 +55,20 @@ pub(crate) async fn process(shared: Arc<Shared>, mut job: Job) {
 
     let Some(task) = shared.registry.get(&msg.headers.task).cloned() else {
         error!(
+            target: OUTCOME_TARGET,
+            task = %msg.headers.task, task_id = %id, queue = %job.queue, state = "FAILURE",
             "Received unregistered task of type '{}' (id {id}, queue {}): stored NotRegistered and discarded",
             msg.headers.task, job.queue
         );
         let exc = PyException::celery("NotRegistered", msg.headers.task.clone());
         let store = record(&msg, None, State::Failure, exc.to_value(), None, Vec::new());
-        count(&msg.headers.task, "not_registered");
+        stats::received(stats::UNREGISTERED, &job.queue);
+        stats::finished(stats::UNREGISTERED, &job.queue, Finish::Failed, None);
         settle(&shared, &mut job, store);
         return;
     };
 
+    stats::received(task.name(), &job.queue);
     if expired(&shared, &msg) {
         discard_expired(&shared, &mut job, &msg, &task, &name);
         return;
@@ -125,11 +131,13 @@ pub(crate) async fn process(shared: Arc<Shared>, mut job: Job) {
 
     match outcome {
         Ok(value) => {
+            let secs = runtime.as_secs_f64();
             info!(
-                "Task {name}[{id}] succeeded in {:.6}s: {value}",
-                runtime.as_secs_f64()
+                target: OUTCOME_TARGET,
+                task = task.name(), task_id = %id, queue = %job.queue, state = "SUCCESS", runtime = secs,
+                "Task {name}[{id}] succeeded in {secs:.6}s: {value}"
             );
-            count(task.name(), "success");
+            stats::finished(task.name(), &job.queue, Finish::Succeeded, Some(runtime));
             let store = record(&msg, Some(&task), State::Success, value, None, Vec::new());
             settle(&shared, &mut job, store);
         }
@@ -277,8 +285,7 @@ pub(crate) async fn set_aside(shared: &Shared, tag: &str, raw: &[u8], queue: &st
         "Received an invalid message, set aside on the list '{}' and not executed: {reason}",
         shared.config.dead_letter_key
     );
-    metrics::counter!("celeriac_messages_set_aside_total", "queue" => queue.to_owned())
-        .increment(1);
+    stats::set_aside(queue);
     let done = until_ok(
         "setting a message aside",
         shared.config.reconnect,

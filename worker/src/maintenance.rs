@@ -5,6 +5,11 @@
 //!   restored to another worker and run twice. Python Celery does not do this.
 //! * **restore**: like Kombu, put messages that other (dead) workers left unacked for longer
 //!   than the visibility timeout back on their queues.
+//! * **queue lengths** (when metrics are on): every [`WorkerConfig::queue_length_every`], one
+//!   round trip reads how many messages wait in each consumed queue, for the
+//!   `celeriac_queue_length` gauge that autoscalers read. Scrapes never touch the broker.
+//!
+//! [`WorkerConfig::queue_length_every`]: crate::WorkerConfig::queue_length_every
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,10 +36,24 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
     restore.set_missed_tick_behavior(MissedTickBehavior::Delay);
     restore.tick().await; // the first scan ran at startup
+    // Without metrics this interval is never polled: no queue lengths are read.
+    let measure = shared.config.queue_length_every;
+    let mut lengths = tokio::time::interval(measure.unwrap_or(Duration::from_secs(3600)));
+    lengths.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             () = stop.cancelled() => break,
+            _ = lengths.tick(), if measure.is_some() => {
+                match shared.broker.queue_lengths(&shared.config.queues).await {
+                    Ok(found) => {
+                        for (queue, n) in shared.config.queues.iter().zip(found) {
+                            crate::stats::queue_length(queue, n);
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "could not read the queue lengths"),
+                }
+            }
             _ = refresh.tick() => {
                 let tags = shared.inflight.tags();
                 if !tags.is_empty()

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use celeriac_ops::logs::OUTCOME_TARGET;
 use celeriac_protocol::message::{py_repr, py_tuple_repr};
 use celeriac_protocol::result::{PyException, State, result_tuple};
 use celeriac_protocol::time::{Timestamp, isoformat};
@@ -16,6 +17,7 @@ use crate::backend::Entry;
 use crate::job::Job;
 use crate::registry::RegisteredTask;
 use crate::retry::until_ok;
+use crate::stats::{self, Finish};
 use crate::task_error::{PyError, Retry, TaskError};
 use crate::worker::Shared;
 
@@ -32,12 +34,14 @@ pub(crate) async fn reject(
         return;
     };
     warn!(
+        target: OUTCOME_TARGET,
+        task = task.name(), task_id = %msg.headers.id, queue = %job.queue, state = "REJECTED", requeue,
         "Task {name}[{}] reject requeue={}: {}",
         msg.headers.id,
         if requeue { "True" } else { "False" },
         reason.as_deref().unwrap_or("")
     );
-    count(task.name(), "rejected");
+    stats::finished(task.name(), &job.queue, Finish::Rejected, None);
     if requeue {
         let moved = until_ok(
             "requeueing a rejected message",
@@ -79,12 +83,15 @@ pub(crate) fn fail(
     e: PyError,
     runtime: Duration,
 ) {
+    let secs = runtime.as_secs_f64();
     error!(
-        "Task {name}[{}] raised unexpected: {e} (after {:.6}s)",
+        target: OUTCOME_TARGET,
+        task = task.name(), task_id = %msg.headers.id, queue = %job.queue, state = "FAILURE", runtime = secs,
+        exception = %e.exception.exc_type,
+        "Task {name}[{}] raised unexpected: {e} (after {secs:.6}s)",
         msg.headers.id,
-        runtime.as_secs_f64()
     );
-    count(task.name(), "failure");
+    stats::finished(task.name(), &job.queue, Finish::Failed, Some(runtime));
     let traceback = e.traceback.clone().or_else(|| {
         (e.exception.exc_module != "billiard.exceptions")
             .then(|| traceback_text(shared, msg, &e.exception))
@@ -166,8 +173,12 @@ pub(crate) async fn retry(
         .exc
         .as_ref()
         .map_or_else(String::new, |e| format!(": {}", e.exception.repr()));
-    info!("Task {name}[{id}] retry: Retry in {when}{reason}");
-    count(task.name(), "retry");
+    info!(
+        target: OUTCOME_TARGET,
+        task = task.name(), task_id = %id, queue = %job.queue, state = "RETRY", runtime = runtime.as_secs_f64(),
+        "Task {name}[{id}] retry: Retry in {when}{reason}"
+    );
+    stats::finished(task.name(), &job.queue, Finish::Retried, Some(runtime));
     let traceback = format!(
         "Traceback (most recent call last):\n  Rust handler of {}[{id}] on {}\ncelery.exceptions.Retry: Retry in {when}{reason}\n",
         msg.headers.task, shared.config.hostname
@@ -242,10 +253,12 @@ pub(crate) fn discard_expired(
     name: &str,
 ) {
     info!(
+        target: OUTCOME_TARGET,
+        task = task.name(), task_id = %msg.headers.id, queue = %job.queue, state = "REVOKED",
         "Discarding revoked task: {name}[{}] (expired)",
         msg.headers.id
     );
-    count(task.name(), "expired");
+    stats::finished(task.name(), &job.queue, Finish::Expired, None);
     let exc = PyException::celery("TaskRevokedError", "expired");
     let store = record(
         msg,
@@ -325,9 +338,4 @@ fn seconds_text(d: Duration) -> String {
     } else {
         format!("{s}")
     }
-}
-
-pub(crate) fn count(task: &str, outcome: &'static str) {
-    metrics::counter!("celeriac_tasks_total", "task" => task.to_owned(), "outcome" => outcome)
-        .increment(1);
 }

@@ -195,10 +195,12 @@ async fn write_results<B: ResultBackend>(
             }
         }
         if !stores.is_empty() {
+            let began = std::time::Instant::now();
             let stored = until_ok("storing results", backoff, &give_up, || {
                 backend.store(&stores)
             })
             .await;
+            crate::stats::stored(began.elapsed());
             if stored.is_none() {
                 if give_up.is_cancelled() {
                     return; // shutting down without the backend: these stay unacked, to be restored

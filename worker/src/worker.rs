@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::backend::{self, BackendError, Connected, PipelineDeps};
 use crate::config::WorkerConfig;
+use crate::health::WorkerHealth;
 use crate::inflight::InFlight;
 use crate::job::{self, Job};
 use crate::registry::Registry;
@@ -69,6 +70,8 @@ pub(crate) struct Shared {
     pub origin: String,
     /// Sends the tasks handlers send.
     pub sender: Arc<TaskSender>,
+    /// What the probes read.
+    pub health: Arc<WorkerHealth>,
 }
 
 /// A Celery-compatible worker.
@@ -76,17 +79,32 @@ pub(crate) struct Shared {
 pub struct Worker {
     config: WorkerConfig,
     registry: Registry,
+    health: Arc<WorkerHealth>,
 }
 
 impl Worker {
     /// A worker running `registry`'s tasks with `config`.
     pub fn new(config: WorkerConfig, registry: Registry) -> Self {
-        Self { config, registry }
+        let health = Arc::new(WorkerHealth::new(config.stall_timeout));
+        Self {
+            config,
+            registry,
+            health,
+        }
+    }
+
+    /// What `/healthz` and `/readyz` read (serve it with [`celeriac_ops::http::Listener`]).
+    pub fn health(&self) -> Arc<WorkerHealth> {
+        self.health.clone()
     }
 
     /// Runs until `shutdown` fires and the shutdown phases are done.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
-        let Self { config, registry } = self;
+        let Self {
+            config,
+            registry,
+            health,
+        } = self;
         let (broker, results) = connect(&config, &shutdown).await?;
         let declared =
             crate::retry::until_ok("declaring queues", config.reconnect, &shutdown, || {
@@ -114,15 +132,18 @@ impl Worker {
             closing: closing.clone(),
             give_up: give_up.clone(),
         });
-        let origin = format!("gen{}@{}", std::process::id(), crate::cli::host_name());
+        let origin = format!("gen{}@{}", std::process::id(), crate::config::host_name());
         let sender = Arc::new(TaskSender::new(
             broker.clone(),
             origin.clone(),
             config.timezone,
             config.default_queue.clone(),
         ));
+        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        health.watch(inflight.clone(), slots.clone(), config.concurrency.max(1));
         let shared = Arc::new(Shared {
-            concurrency: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            concurrency: slots,
+            health,
             origin,
             sender,
             config,
@@ -155,6 +176,7 @@ impl Worker {
         }
 
         consumer::run(shared.clone(), prefetch, jobs.clone()).await;
+        shared.health.draining();
 
         // Phase 2 happens inside each job (they watch `stop`); phase 3: the grace period.
         jobs.close();

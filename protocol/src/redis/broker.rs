@@ -414,6 +414,25 @@ impl RedisBroker {
         Ok(())
     }
 
+    /// How many messages wait in each of `queues` (all of a queue's priority lists summed), in
+    /// one round trip of `LLEN`s.
+    pub async fn queue_lengths(&self, queues: &[String]) -> Result<Vec<u64>, RedisClientError> {
+        if queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for q in queues {
+            for step in kombu::PRIORITY_STEPS {
+                pipe.llen(kombu::queue_key(q, step));
+            }
+        }
+        let lengths: Vec<u64> = pipe.query_async(&mut self.cmd.clone()).await?;
+        Ok(lengths
+            .chunks(kombu::PRIORITY_STEPS.len())
+            .map(|c| c.iter().sum())
+            .collect())
+    }
+
     /// Marks held messages as freshly delivered (ZADD XX), so no one restores them while we
     /// hold them. Acked or restored tags are not re-added.
     pub async fn refresh<S: AsRef<str>>(&self, tags: &[S]) -> Result<(), RedisClientError> {

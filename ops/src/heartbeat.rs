@@ -1,0 +1,57 @@
+//! A timestamp of the last sign of progress, written by a loop and read by a liveness probe.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// When a loop last made progress. Cheap to write (one relaxed store) from any thread.
+#[derive(Debug)]
+pub struct Heartbeat {
+    origin: Instant,
+    /// Milliseconds after `origin` of the last beat.
+    last_ms: AtomicU64,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Heartbeat {
+    /// A heartbeat that beat just now.
+    pub fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Records progress now.
+    pub fn beat(&self) {
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long ago the last beat was.
+    pub fn age(&self) -> Duration {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        Duration::from_millis(self.now_ms().saturating_sub(last))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_beat_resets_the_age() {
+        let h = Heartbeat::new();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(h.age() >= Duration::from_millis(20));
+        h.beat();
+        assert!(h.age() < Duration::from_millis(20));
+    }
+}
