@@ -151,7 +151,9 @@ def container(image, redis_server):
     def start(*args):
         name = f"celeriac-test-{uuid.uuid4().hex[:12]}"
         names.append(name)
-        podman("run", "-d", "--name", name, "--read-only", "--cap-drop", "ALL",
+        # --read-only-tmpfs=false: no writable /tmp, /run or /var/tmp either, as with Kubernetes'
+        # readOnlyRootFilesystem.
+        podman("run", "-d", "--name", name, "--read-only", "--read-only-tmpfs=false", "--cap-drop", "ALL",
                "--security-opt", "no-new-privileges", "--network", "host",
                "-e", f"CELERY_BROKER_URL={redis_server.url(0)}",
                "-e", f"CELERY_RESULT_BACKEND={redis_server.url(1)}",
@@ -208,7 +210,12 @@ def test_worker_runs_as_nonroot_read_only_and_drains_on_podman_stop(container, a
     assert cmdline[0] == b"/usr/local/bin/celeriac-worker", cmdline
     top = podman("top", name, "user", "group", "args").stdout
     assert re.search(r"^nonroot\s+nonroot\s+/usr/local/bin/celeriac-worker", top, re.M), top
-    assert json.loads(podman("inspect", "--format", "{{json .HostConfig.ReadonlyRootfs}}", name).stdout) is True
+    # The root file system is mounted read-only in the worker's mount namespace, and nothing
+    # writable is mounted on /tmp.
+    mounts = {f[4]: f[5].split(",") for f in
+              (ln.split() for ln in pathlib.Path(f"/proc/{pid}/mountinfo").read_text().splitlines())}
+    assert "ro" in mounts["/"], mounts["/"]
+    assert "/tmp" not in mounts, mounts.get("/tmp")
 
     # A task sent by Python Celery runs and its result comes back.
     assert app.send_task("celeriac.test.add", args=[2, 3]).get(timeout=10) == 5
