@@ -115,3 +115,71 @@ build_binaries() {
   say "building (cargo build ${*:-}) into $CARGO_TARGET_DIR"
   (cd "$ROOT" && cargo build --locked --workspace --bins "$@")
 }
+
+# Rootful podman (Debian's package, with runc) for tests/test_image.py, which runs the image's
+# runtime layout under it. Left alone when it already runs containers as configured. Otherwise a
+# config of our own, $CACHE/containers.conf, is written and exported as CONTAINERS_CONF (podman
+# then reads only that file; the system's config is never edited): cgroupfs (no systemd here),
+# runc, and default ulimits that this process may grant: podman's defaults (1048576 open files)
+# exceed the hard limits of a machine without CAP_SYS_RESOURCE, where runc cannot set them, and
+# podman starts conmon, hence runc, with at most 32768 processes.
+ensure_podman() {
+  local pkgs=()
+  command -v podman >/dev/null || pkgs+=(podman)
+  command -v runc >/dev/null || [ -x /usr/sbin/runc ] || pkgs+=(runc)
+  [ "${#pkgs[@]}" -eq 0 ] || apt_install "${pkgs[@]}"
+  podman_runs 2>/dev/null && return 0
+  local conf="$CACHE/containers.conf" nofile nproc
+  nofile="$(ulimit -Hn)"; nproc="$(ulimit -Hu)"
+  [ "$nofile" != unlimited ] && [ "$nofile" -le 1048576 ] || nofile=1048576
+  [ "$nproc" != unlimited ] && [ "$nproc" -le 32768 ] || nproc=32768
+  say "podman cannot run containers with its defaults; using $conf"
+  mkdir -p "$CACHE"
+  cat >"$conf" <<CONF
+# Written by scripts/lib.sh (ensure_podman); read by podman through CONTAINERS_CONF.
+[containers]
+default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
+
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+runtime = "runc"
+CONF
+  export CONTAINERS_CONF="$conf"
+  podman_runs || {
+    echo "podman cannot run a container on this machine even with $conf (see the error above);" \
+      "tests/test_image.py needs rootful podman with runc" >&2
+    return 1
+  }
+}
+
+# Runs a throw-away container the way tests/test_image.py runs the image (read-only, no
+# capabilities), from an image imported from this machine's own `true` and its libraries, so
+# nothing is pulled. Podman's error goes to stderr.
+podman_runs() {
+  local dir tag="localhost/celeriac-podman-probe:$$" true_bin f ok=0
+  true_bin="$(type -P true)"
+  dir="$(mktemp -d)"
+  mkdir -p "$dir/root/bin"
+  cp "$true_bin" "$dir/root/bin/true"
+  for f in $(ldd "$true_bin" | grep -o '/[^ ]*'); do
+    mkdir -p "$dir/root$(dirname "$f")"
+    cp -L "$f" "$dir/root$f"
+  done
+  tar -C "$dir/root" -cf "$dir/root.tar" .
+  if podman import -q "$dir/root.tar" "$tag" >/dev/null &&
+    podman run --rm --read-only --cap-drop ALL --security-opt no-new-privileges --network host \
+      --user 65532:65532 "$tag" /bin/true >/dev/null; then ok=1; fi
+  podman rmi -f "$tag" >/dev/null 2>&1 || true
+  rm -rf "$dir"
+  [ "$ok" -eq 1 ]
+}
+
+# hadolint (the pinned PyPI wrapper of scripts/requirements-hadolint.txt, in its own venv) on the
+# Dockerfile, or on the files given; any finding, style included, fails. scripts/test.sh calls it,
+# and so can other checks of the deployment files.
+lint_dockerfile() {
+  ensure_venv "$ROOT/scripts/requirements-hadolint.txt" "$CACHE/venv-hadolint"
+  say "hadolint ${*:-Dockerfile}"
+  (cd "$ROOT" && "$CACHE/venv-hadolint/bin/hadolint" --failure-threshold style "${@:-Dockerfile}")
+}

@@ -7,6 +7,7 @@ source "$(dirname "$0")/lib.sh"
 
 VENV_53="${CELERIAC_VENV_53:-$CACHE/venv-celery5.3}"
 ensure_test_tools
+ensure_podman
 ensure_venv
 [ -n "${CELERIAC_SKIP_COMPAT:-}" ] || ensure_venv "$ROOT/tests/requirements-celery5.3.txt" "$VENV_53"
 build_binaries
@@ -15,6 +16,7 @@ say "unit, golden-vector, property and Redis client tests"
 say "lints: rustfmt, clippy, rustdoc"
 (cd "$ROOT" && cargo fmt --all -- --check && cargo clippy --locked --workspace --all-targets -- -D warnings &&
   RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet)
+lint_dockerfile
 export CELERIAC_WORKER_BIN="$CARGO_TARGET_DIR/debug/celeriac-worker"
 export CELERIAC_BEAT_BIN="$CARGO_TARGET_DIR/debug/celeriac-beat"
 cd "$ROOT"
