@@ -33,8 +33,6 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Set
 
-import yaml
-
 HTTP_PORT = 9808
 DEFAULT_SHUTDOWN_TIMEOUT = 25
 DRAIN_EXTRA_SECONDS = 20  # results/acks flush (10 s) + hand-back of leftovers (10 s)
@@ -370,6 +368,8 @@ def check(docs: Iterable[dict], adapter_values: Optional[dict] = None,
 
 
 def load(path: str) -> List[dict]:
+    import yaml  # only the command needs it: check() works on parsed objects
+
     with open(path) as f:
         return [d for d in yaml.safe_load_all(f) if d]
 
@@ -382,6 +382,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
     adapter = None
     if args.adapter_values:
+        import yaml
+
         with open(args.adapter_values) as f:
             adapter = yaml.safe_load(f) or {}
     bad = 0

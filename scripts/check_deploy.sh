@@ -148,7 +148,7 @@ if [ "$hadolint" = 1 ]; then
   [ -n "$dockerfile" ] || dockerfile="$ROOT/Dockerfile"
   if [ -f "$dockerfile" ]; then
     say "hadolint ${dockerfile#"$ROOT"/}"
-    (cd "$ROOT" && "$DEPLOY_VENV/bin/hadolint" "$dockerfile") || failed+=("hadolint")
+    (cd "$ROOT" && "$DEPLOY_VENV/bin/hadolint" --no-color "$dockerfile") || failed+=("hadolint")
   else
     say "hadolint: no ${dockerfile#"$ROOT"/} yet, nothing to lint"
   fi
