@@ -14,8 +14,8 @@
 # tests/test_image.py runs this runtime stage's layout, assembled from locally built binaries
 # (the CI machines cannot pull base images), under podman with --read-only --cap-drop ALL.
 
-# The oldest toolchain that builds Cargo.lock: Cargo.toml says 1.94, and the locked AWS SDK crates
-# ask for 1.94.1. Debian 12 (bookworm) on purpose: its glibc (2.36) is the one of the distroless
+# The oldest toolchain that builds Cargo.lock (Cargo.toml's rust-version, which the locked AWS SDK
+# crates set). Debian 12 (bookworm) on purpose: its glibc (2.36) is the one of the distroless
 # cc-debian12 runtime below, so the binaries never need newer symbols than the runtime has.
 ARG RUST_VERSION=1.94.1
 
