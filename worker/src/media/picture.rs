@@ -8,6 +8,7 @@
 //! file must hold all the bytes its RIFF header announces.
 
 use std::io::Cursor;
+use std::sync::{Mutex, PoisonError};
 
 use fast_image_resize::images::{Image as ResizeImage, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
@@ -21,6 +22,31 @@ pub(crate) const QUALITY: u8 = 85;
 /// Pillow's `reducing_gap` for `thumbnail`: a JPEG is decoded at the smallest DCT scale that
 /// keeps at least twice the largest thumbnail's size, and the rest is resampled.
 const REDUCING_GAP: u32 = 2;
+
+/// Decode buffers kept between photos (one per CPU at most): a 12 MP JPEG at half scale fills
+/// 9 MB, which a fresh allocation would fault in and zero, and the decoder then overwrites.
+static BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// A buffer of `len` bytes, reused when one is kept (its contents are whatever the last photo
+/// left; the decoder overwrites every byte).
+fn take_buffer(len: usize) -> Vec<u8> {
+    let kept = BUFFERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .pop();
+    let mut buf = kept.unwrap_or_default();
+    buf.resize(len, 0);
+    buf
+}
+
+/// Keeps `buf` for the next photo, unless one per CPU is kept already.
+fn keep_buffer(buf: Vec<u8>) {
+    let cap = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut kept = BUFFERS.lock().unwrap_or_else(PoisonError::into_inner);
+    if kept.len() < cap {
+        kept.push(buf);
+    }
+}
 
 /// The formats the task reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +210,7 @@ pub(crate) fn render(
         });
         larger = Some(small);
     }
+    keep_buffer(image.into_raw());
     let thumbs = made.into_iter().flatten().collect();
     Ok(Rendered {
         width,
@@ -258,7 +285,7 @@ fn decode_jpeg(bytes: &[u8], sizes: &[u32], max_pixels: u64) -> Result<Decoded, 
         turbojpeg::PixelFormat::RGB
     };
     let pitch = scaled.width * format.size();
-    let mut pixels = vec![0u8; pitch * scaled.height];
+    let mut pixels = take_buffer(pitch * scaled.height);
     decoder
         .decompress(
             bytes,
@@ -273,7 +300,8 @@ fn decode_jpeg(bytes: &[u8], sizes: &[u32], max_pixels: u64) -> Result<Decoded, 
         .map_err(corrupt)?;
     if cmyk {
         // Adobe's CMYK JPEGs hold inverted values, as libjpeg returns them: R = C × K / 255.
-        pixels = pixels
+        let cmyk = std::mem::take(&mut pixels);
+        pixels = cmyk
             .chunks_exact(4)
             .flat_map(|p| {
                 let k = u16::from(p[3]);
@@ -494,10 +522,7 @@ fn check_jpeg_structure(b: &[u8]) -> Result<(), PictureError> {
             // Entropy-coded data: 0xFF 0x00 is a stuffed byte, 0xFF 0xD0..0xD7 a restart marker,
             // 0xFF 0xFF fill; any other 0xFF xx is the next marker.
             loop {
-                let Some(rel) = b
-                    .get(i..)
-                    .and_then(|rest| rest.iter().position(|&x| x == 0xFF))
-                else {
+                let Some(rel) = b.get(i..).and_then(|rest| memchr::memchr(0xFF, rest)) else {
                     return Err(corrupt(TRUNCATED));
                 };
                 i += rel;
