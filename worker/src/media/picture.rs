@@ -30,10 +30,7 @@ static BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 /// A buffer of `len` bytes, reused when one is kept (its contents are whatever the last photo
 /// left; the decoder overwrites every byte).
 fn take_buffer(len: usize) -> Vec<u8> {
-    let kept = BUFFERS
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .pop();
+    let kept = BUFFERS.lock().unwrap_or_else(PoisonError::into_inner).pop();
     let mut buf = kept.unwrap_or_default();
     buf.resize(len, 0);
     buf
