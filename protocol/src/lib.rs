@@ -10,6 +10,7 @@
 //! * **Redis clients** ([`redis`]): the Kombu-compatible broker and the result backend, which
 //!   call the pure code and own every connection.
 
+pub mod broker;
 pub mod compression;
 pub mod content;
 pub mod envelope;
@@ -21,6 +22,7 @@ pub mod redis;
 pub mod result;
 pub mod time;
 
+pub use broker::{Broker, BrokerError, Consumer, Delivery, DeliveryState, Requeue};
 pub use compression::Compression;
 pub use content::ContentType;
 pub use envelope::Envelope;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use celeriac_protocol::redis::{Delivery, DeliveryState, RedisClientError};
+use celeriac_protocol::{BrokerError, Delivery, DeliveryState};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -14,38 +14,16 @@ use crate::job::{self, Job};
 use crate::worker::Shared;
 
 /// Consumes until `shared.stop` fires. Cancel-safe at every await that is not a broker call;
-/// broker calls always run to completion so no popped message is dropped.
+/// broker calls always run to completion so no taken message is dropped.
 pub(crate) async fn run(shared: Arc<Shared>, prefetch: Arc<Semaphore>, jobs: TaskTracker) {
-    let queues = shared.config.queues.clone();
-    // Where each fetch records what it took, so a fetch whose reply is lost can be undone.
-    let transit_key = format!("celeriac.transit.{}", uuid::Uuid::new_v4().simple());
-    let mut reply_lost = false;
+    let inflight = shared.inflight.clone();
+    let mut consumer = shared.broker.consumer(
+        shared.config.queues.clone(),
+        Box::new(move |tag| inflight.contains(tag)),
+    );
     let max_batch = (shared.config.prefetch_limit() / 4).clamp(1, 1024);
-    let mut rotation = 0usize;
     let mut failures = 0u32;
     loop {
-        if reply_lost {
-            match shared
-                .broker
-                .recover_in_transit(&transit_key, |tag| shared.inflight.contains(tag))
-                .await
-            {
-                Ok(n) => {
-                    reply_lost = false;
-                    if n > 0 {
-                        warn!(
-                            "handed back {n} messages whose fetch reply was lost with the connection"
-                        );
-                    }
-                }
-                Err(e) => {
-                    if !back_off(&shared, &mut failures, &e).await {
-                        break;
-                    }
-                    continue;
-                }
-            }
-        }
         let first = match prefetch.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -63,6 +41,9 @@ pub(crate) async fn run(shared: Arc<Shared>, prefetch: Arc<Semaphore>, jobs: Tas
                 }
             }
         };
+        if shared.stop.is_cancelled() {
+            break;
+        }
         // Take at most a quarter of the window per fetch, so that fetching, running, storing and
         // acking overlap instead of moving the whole window through each stage in turn.
         let mut permits = vec![first];
@@ -72,24 +53,14 @@ pub(crate) async fn run(shared: Arc<Shared>, prefetch: Arc<Semaphore>, jobs: Tas
                 Err(_) => break,
             }
         }
-        // Kombu rotates the queue order after each delivery (round robin).
-        let order: Vec<String> = (0..queues.len())
-            .map(|i| queues[(rotation + i) % queues.len()].clone())
-            .collect();
-
-        let fetched = match shared
-            .broker
-            .fetch(&order, permits.len(), &transit_key)
-            .await
-        {
+        let fetched = match consumer.fetch(permits.len()).await {
             Ok(batch) if batch.is_empty() => {
                 permits.truncate(1);
                 if shared.stop.is_cancelled() {
                     break;
                 }
-                shared
-                    .broker
-                    .wait(&order)
+                consumer
+                    .wait()
                     .await
                     .map(|d| d.into_iter().collect::<Vec<_>>())
             }
@@ -105,14 +76,12 @@ pub(crate) async fn run(shared: Arc<Shared>, prefetch: Arc<Semaphore>, jobs: Tas
                     crate::stats::reconnected();
                     failures = 0;
                 }
-                rotation = rotation.wrapping_add(batch.len());
                 for (delivery, permit) in batch.into_iter().zip(permits.drain(..)) {
                     dispatch(&shared, &jobs, delivery, permit);
                 }
             }
             Err(e) => {
                 drop(permits);
-                reply_lost = true;
                 if !back_off(&shared, &mut failures, &e).await {
                     break;
                 }
@@ -123,7 +92,7 @@ pub(crate) async fn run(shared: Arc<Shared>, prefetch: Arc<Semaphore>, jobs: Tas
 
 /// Logs a broker failure and waits out the backoff for this many `failures` (then counts one
 /// more). Returns false when shutdown came first.
-async fn back_off(shared: &Shared, failures: &mut u32, error: &RedisClientError) -> bool {
+async fn back_off(shared: &Shared, failures: &mut u32, error: &BrokerError) -> bool {
     shared.health.broker_failed();
     let delay = shared.config.reconnect.delay(*failures);
     *failures = failures.saturating_add(1);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use celeriac_ops::logs::OUTCOME_TARGET;
 use celeriac_protocol::result::{PyException, State};
 use celeriac_protocol::time::Timestamp;
-use celeriac_protocol::{Envelope, TaskMessage};
+use celeriac_protocol::{Envelope, Requeue, TaskMessage};
 use chrono::{DateTime, Utc};
 use futures::FutureExt as _;
 use serde_json::{Value, json};
@@ -309,7 +309,11 @@ pub(crate) async fn hand_back_until(
         "handing a message back",
         shared.config.reconnect,
         give_up,
-        || shared.broker.requeue(&job.tag, &job.raw, &job.queue, false),
+        || {
+            shared
+                .broker
+                .requeue(&job.tag, &job.raw, &job.queue, Requeue::Next)
+        },
     )
     .await;
     if moved.is_some() {

@@ -37,6 +37,8 @@ mod outcome;
 pub mod registry;
 pub mod resources;
 mod retry;
+#[cfg(test)]
+mod runtime_tests;
 #[cfg(feature = "s3")]
 pub mod s3;
 pub mod sender;

@@ -8,7 +8,7 @@ use celeriac_ops::logs::OUTCOME_TARGET;
 use celeriac_protocol::message::{py_repr, py_tuple_repr};
 use celeriac_protocol::result::{PyException, State, result_tuple};
 use celeriac_protocol::time::{Timestamp, isoformat};
-use celeriac_protocol::{Protocol, TaskMessage};
+use celeriac_protocol::{Protocol, Requeue, TaskMessage};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tracing::{error, info, warn};
@@ -47,7 +47,11 @@ pub(crate) async fn reject(
             "requeueing a rejected message",
             shared.config.reconnect,
             &shared.abort,
-            || shared.broker.requeue(&job.tag, &job.raw, &job.queue, true),
+            || {
+                shared
+                    .broker
+                    .requeue(&job.tag, &job.raw, &job.queue, Requeue::Last)
+            },
         )
         .await;
         if moved.is_some() {

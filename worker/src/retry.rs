@@ -4,7 +4,8 @@
 use std::fmt::Display;
 use std::future::Future;
 
-use celeriac_protocol::redis::{Backoff, RedisClientError};
+use celeriac_protocol::BrokerError;
+use celeriac_protocol::redis::Backoff;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
@@ -16,9 +17,9 @@ pub(crate) trait Transient: Display {
     fn is_transient(&self) -> bool;
 }
 
-impl Transient for RedisClientError {
+impl Transient for BrokerError {
     fn is_transient(&self) -> bool {
-        RedisClientError::is_transient(self)
+        BrokerError::is_transient(self)
     }
 }
 

@@ -22,9 +22,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_protocol::redis::{RedisBroker, RedisClientError};
 use celeriac_protocol::time::isoformat;
-use celeriac_protocol::{EncodeError, TaskMessage, kombu};
+use celeriac_protocol::{Broker, BrokerError, EncodeError, TaskMessage, kombu};
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use serde_json::{Map, Value};
@@ -41,7 +40,7 @@ pub enum SendError {
     Encode(#[from] EncodeError),
     /// The broker did not take it.
     #[error("cannot publish the message: {0}")]
-    Broker(#[from] RedisClientError),
+    Broker(#[from] BrokerError),
 }
 
 impl From<SendError> for TaskError {
@@ -115,7 +114,7 @@ impl Signature {
 /// What every message this worker sends has in common.
 #[derive(Debug)]
 pub(crate) struct TaskSender {
-    broker: RedisBroker,
+    broker: Arc<dyn Broker>,
     origin: String,
     reply_to: String,
     timezone: Tz,
@@ -124,7 +123,7 @@ pub(crate) struct TaskSender {
 
 impl TaskSender {
     pub(crate) fn new(
-        broker: RedisBroker,
+        broker: Arc<dyn Broker>,
         origin: String,
         timezone: Tz,
         default_queue: String,

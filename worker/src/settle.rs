@@ -8,7 +8,8 @@
 
 use std::sync::Arc;
 
-use celeriac_protocol::redis::{Backoff, RedisBroker};
+use celeriac_protocol::Broker;
+use celeriac_protocol::redis::Backoff;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::task::JoinHandle;
@@ -232,7 +233,7 @@ async fn write_results<B: ResultBackend>(
 
 async fn ack(
     mut rx: UnboundedReceiver<Ack>,
-    broker: RedisBroker,
+    broker: Arc<dyn Broker>,
     inflight: Arc<InFlight>,
     backoff: Backoff,
     give_up: CancellationToken,

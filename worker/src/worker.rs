@@ -11,7 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_protocol::redis::{BrokerOptions, RedisBroker, RedisClientError};
+use celeriac_protocol::redis::{BrokerOptions, RedisBroker};
+use celeriac_protocol::{Broker, BrokerError};
 use thiserror::Error;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -42,7 +43,7 @@ pub enum WorkerError {
         url: String,
         /// The last connection error.
         #[source]
-        source: RedisClientError,
+        source: BrokerError,
     },
     /// Shutdown was requested before the result backend could be reached.
     #[error("shut down before the result backend could be reached: {source}")]
@@ -58,7 +59,7 @@ pub enum WorkerError {
 pub(crate) struct Shared {
     pub config: WorkerConfig,
     pub registry: Registry,
-    pub broker: RedisBroker,
+    pub broker: Arc<dyn Broker>,
     pub inflight: Arc<InFlight>,
     pub concurrency: Arc<Semaphore>,
     pub settler: Settler,
@@ -106,13 +107,36 @@ impl Worker {
             health,
         } = self;
         let (broker, results) = connect(&config, &shutdown).await?;
+        Self {
+            config,
+            registry,
+            health,
+        }
+        .run_on(broker, results, shutdown)
+        .await;
+        Ok(())
+    }
+
+    /// Runs on a connected broker and result backend until `shutdown` fires and the shutdown
+    /// phases are done.
+    pub(crate) async fn run_on(
+        self,
+        broker: Arc<dyn Broker>,
+        results: Box<dyn Connected>,
+        shutdown: CancellationToken,
+    ) {
+        let Self {
+            config,
+            registry,
+            health,
+        } = self;
         let declared =
             crate::retry::until_ok("declaring queues", config.reconnect, &shutdown, || {
                 broker.declare_queues(&config.queues)
             })
             .await;
         if declared.is_none() {
-            return Ok(());
+            return;
         }
         match broker.restore_timed_out().await {
             Ok(0) => {}
@@ -163,7 +187,7 @@ impl Worker {
             "{} ready: consuming {} from {}, results {}, {} tasks registered, concurrency {}, prefetch {}",
             shared.config.hostname,
             shared.config.queues.join(", "),
-            shared.broker.url(),
+            shared.broker.describe(),
             results_in,
             shared.registry.names().len(),
             shared.config.concurrency,
@@ -231,14 +255,13 @@ impl Worker {
         upkeep_stop.cancel();
         let _ = upkeep.await;
         info!("{} stopped", shared.config.hostname);
-        Ok(())
     }
 }
 
 async fn connect(
     config: &WorkerConfig,
     shutdown: &CancellationToken,
-) -> Result<(RedisBroker, Box<dyn Connected>), WorkerError> {
+) -> Result<(Arc<dyn Broker>, Box<dyn Connected>), WorkerError> {
     let opts = BrokerOptions {
         visibility_timeout: config.visibility_timeout,
         dead_letter_key: config.dead_letter_key.clone(),
@@ -248,7 +271,7 @@ async fn connect(
     let mut attempt = 0u32;
     let broker = loop {
         match RedisBroker::connect(&config.broker, opts.clone()).await {
-            Ok(broker) => break broker,
+            Ok(broker) => break Arc::new(broker) as Arc<dyn Broker>,
             Err(e) => {
                 let delay = config.reconnect.delay(attempt);
                 attempt = attempt.saturating_add(1);
@@ -256,7 +279,7 @@ async fn connect(
                 tokio::select! {
                     biased;
                     () = shutdown.cancelled() => {
-                        return Err(WorkerError::NeverConnected { url: config.broker.redacted(), source: e });
+                        return Err(WorkerError::NeverConnected { url: config.broker.redacted(), source: e.into() });
                     }
                     () = tokio::time::sleep(delay) => {}
                 }

@@ -16,6 +16,7 @@ use tracing::warn;
 use super::RedisClientError;
 use super::scripts::{FETCH, RESTORE};
 use super::url::{RedisUrl, UrlError};
+pub use crate::broker::{Delivery, DeliveryState};
 use crate::envelope::{self, Envelope};
 use crate::kombu;
 
@@ -56,26 +57,6 @@ impl Default for BrokerOptions {
             restore_batch: 1000,
         }
     }
-}
-
-/// Where a fetched message stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeliveryState {
-    /// Recorded in the unacked structures under this delivery tag; must be acked or handed back.
-    Tracked(String),
-    /// Not a Kombu envelope: already pushed onto the dead-letter list by the fetch itself.
-    DeadLettered,
-}
-
-/// One message taken from a queue.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    /// The list element as it was on the queue (bytes: it may not even be UTF-8).
-    pub raw: Vec<u8>,
-    /// The queue it came from (the list key without its priority suffix).
-    pub queue: String,
-    /// Tracked or already set aside.
-    pub state: DeliveryState,
 }
 
 /// A dead-letter record: JSON `{"reason", "queue", "worker", "received_at", "payload"}`, with

@@ -1,6 +1,6 @@
 //! An in-memory backend for unit tests: records what it stores, in order, and fails on demand.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use celeriac_protocol::result::State;
 use serde_json::Value;
@@ -15,14 +15,15 @@ pub(crate) struct Stored {
     pub result: Value,
 }
 
-#[derive(Debug, Default)]
+/// Clones share what is stored.
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Memory {
-    stored: Mutex<Vec<Stored>>,
+    stored: Arc<Mutex<Vec<Stored>>>,
     /// Calls still to fail transiently.
-    outages: Mutex<u32>,
+    outages: Arc<Mutex<u32>>,
     /// A task id that makes any batch holding it fail permanently.
-    poison: Mutex<Option<String>>,
-    calls: Mutex<Vec<usize>>,
+    poison: Arc<Mutex<Option<String>>>,
+    calls: Arc<Mutex<Vec<usize>>>,
 }
 
 impl Memory {

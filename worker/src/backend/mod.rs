@@ -19,8 +19,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use celeriac_protocol::Broker;
 use celeriac_protocol::TaskMessage;
-use celeriac_protocol::redis::{Backoff, RedisBroker};
+use celeriac_protocol::redis::Backoff;
 use celeriac_protocol::result::State;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -149,7 +150,7 @@ impl ResultBackend for NoResults {
 /// What the result pipeline needs besides the backend.
 #[derive(Debug)]
 pub(crate) struct PipelineDeps {
-    pub broker: RedisBroker,
+    pub broker: Arc<dyn Broker>,
     pub inflight: Arc<InFlight>,
     pub backoff: Backoff,
     pub closing: CancellationToken,
