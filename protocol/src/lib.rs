@@ -9,7 +9,11 @@
 //!   [`DecodeError`]; they never panic on hostile input, which a property test checks.
 //! * **Redis clients** ([`redis`]): the Kombu-compatible broker and the result backend, which
 //!   call the pure code and own every connection.
+//! * **RabbitMQ client** (`amqp`, behind the `amqp` feature): Kombu's AMQP transport through
+//!   lapin, with its own pure mapping of AMQP messages onto [`Envelope`].
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 pub mod compression;
 pub mod content;
 pub mod envelope;
