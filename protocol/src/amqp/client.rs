@@ -234,8 +234,8 @@ impl AmqpBroker {
         Ok(())
     }
 
-    /// Declares each queue as a Celery worker does when it starts consuming (see
-    /// [`declare`](super::declare) rules in the module docs): direct exchange named after it,
+    /// Declares each queue as a Celery worker does when it starts consuming (the rules are in
+    /// `docs/amqp.md`): direct exchange named after it,
     /// the queue, the binding with routing key = queue name. Existing queues keep their
     /// arguments with [`OnMismatch::Reuse`].
     pub async fn declare_queues(&self, queues: &[String]) -> Result<Vec<DeclaredQueue>, AmqpError> {
