@@ -9,7 +9,13 @@
 //!   [`DecodeError`]; they never panic on hostile input, which a property test checks.
 //! * **Redis clients** ([`redis`]): the Kombu-compatible broker and the result backend, which
 //!   call the pure code and own every connection.
+//! * **The broker abstraction** ([`broker`]): what the worker runtime holds, implemented by the
+//!   Redis broker and by an in-memory one for tests.
+//! * **RabbitMQ client** (`amqp`, behind the `amqp` feature): Kombu's AMQP transport through
+//!   lapin, with its own pure mapping of AMQP messages onto [`Envelope`].
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 pub mod broker;
 pub mod compression;
 pub mod content;
