@@ -93,6 +93,24 @@ ensure_redis_running() {
   return 1
 }
 
+# RabbitMQ for the AMQP client's tests: the machine's server on 127.0.0.1:5672 with guest/guest
+# (each test makes and drops its own vhost with rabbitmqctl, so a server that already runs is
+# shared, never changed). Installed from Debian's packages and started when missing.
+rabbitmq_up() {
+  command -v rabbitmqctl >/dev/null && as_root rabbitmqctl -q status >/dev/null 2>&1 &&
+    (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null
+}
+
+ensure_rabbitmq() {
+  rabbitmq_up && return 0
+  command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+  say "starting rabbitmq-server"
+  as_root service rabbitmq-server start >/dev/null 2>&1 || as_root rabbitmq-server -detached >/dev/null 2>&1 || true
+  for _ in $(seq 120); do rabbitmq_up && return 0; sleep 0.5; done
+  echo "rabbitmq-server did not start on 127.0.0.1:5672 (see /var/log/rabbitmq)" >&2
+  return 1
+}
+
 # A virtualenv with the pinned packages of a requirements file, rebuilt when that file changes:
 # ensure_venv [requirements-file [venv-dir]] (default: tests/requirements.txt into $VENV).
 ensure_venv() {

@@ -8,13 +8,17 @@ source "$(dirname "$0")/lib.sh"
 VENV_53="${CELERIAC_VENV_53:-$CACHE/venv-celery5.3}"
 ensure_test_tools
 ensure_podman
+ensure_rabbitmq
 ensure_venv
 [ -n "${CELERIAC_SKIP_COMPAT:-}" ] || ensure_venv "$ROOT/tests/requirements-celery5.3.txt" "$VENV_53"
 build_binaries
 say "unit, golden-vector, property and Redis client tests"
 (cd "$ROOT" && cargo test --locked --workspace)
+say "the AMQP client against RabbitMQ (cargo test -p celeriac-protocol --features amqp)"
+(cd "$ROOT" && CELERIAC_REQUIRE_AMQP=1 cargo test --locked -p celeriac-protocol --features amqp --test amqp_broker --test amqp_wire --lib)
 say "lints: rustfmt, clippy, rustdoc"
 (cd "$ROOT" && cargo fmt --all -- --check && cargo clippy --locked --workspace --all-targets -- -D warnings &&
+  cargo clippy --locked -p celeriac-protocol --features amqp --all-targets -- -D warnings &&
   RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet)
 say "deployment files: render, validate, scan and lint (scripts/check_deploy.sh)"
 "$ROOT/scripts/check_deploy.sh"

@@ -11,7 +11,11 @@ import re
 import signal
 import time
 
+import pytest
+
 from support import meta, wait_for
+
+pytestmark = pytest.mark.once
 
 TASKS = 200
 
