@@ -15,7 +15,7 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 
-use crate::config::{ResultBackendConfig, WorkerConfig};
+use crate::config::{BrokerUrl, ResultBackendConfig, WorkerConfig};
 use crate::registry::RegistryBuilder;
 use crate::test_tasks;
 use crate::worker::Worker;
@@ -29,9 +29,9 @@ use crate::worker::Worker;
     args_override_self = true
 )]
 pub struct Args {
-    /// Broker URL (`redis://` or `rediss://`).
+    /// Broker URL (`redis://`, `rediss://`, `amqp://`, `amqps://`).
     #[arg(
-        help = "Broker URL: redis://[:password@]host[:port][/db] or rediss://…",
+        help = "Broker URL: redis://[:password@]host[:port][/db], rediss://…, or amqp://user:password@host[:port]/vhost, amqps://…",
         short = 'b',
         long,
         env = "CELERY_BROKER_URL",
@@ -131,6 +131,31 @@ pub enum ConfigError {
     },
 }
 
+/// Reads `--broker`: a Redis URL, or an AMQP one with feature `amqp`.
+fn broker_url(value: &str) -> Result<BrokerUrl, ConfigError> {
+    let scheme = value.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    if matches!(scheme.as_deref(), Some("amqp" | "amqps" | "pyamqp")) {
+        #[cfg(feature = "amqp")]
+        return celeriac_protocol::amqp::AmqpUrl::parse(value)
+            .map(BrokerUrl::Amqp)
+            .map_err(|e| ConfigError::Invalid {
+                setting: "--broker",
+                reason: e.to_string(),
+            });
+        #[cfg(not(feature = "amqp"))]
+        return Err(ConfigError::Invalid {
+            setting: "--broker",
+            reason: "AMQP needs the `amqp` feature, which this worker was built without".into(),
+        });
+    }
+    RedisUrl::parse(value)
+        .map(BrokerUrl::Redis)
+        .map_err(|source| ConfigError::Url {
+            setting: "--broker",
+            source,
+        })
+}
+
 /// Reads `--result-backend`: a Redis URL, or Celery's `django-db`.
 fn result_backend(value: &str) -> Result<ResultBackendConfig, ConfigError> {
     const SETTING: &str = "--result-backend";
@@ -217,10 +242,7 @@ pub fn expand_hostname(pattern: &str, host: &str) -> String {
 impl Args {
     /// Validates the raw settings.
     pub fn into_config(self) -> Result<WorkerConfig, ConfigError> {
-        let broker = RedisUrl::parse(&self.broker).map_err(|source| ConfigError::Url {
-            setting: "--broker",
-            source,
-        })?;
+        let broker = broker_url(&self.broker)?;
         let mut config = WorkerConfig::new(broker);
         config.result_backend = self
             .result_backend

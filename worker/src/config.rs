@@ -6,12 +6,47 @@ use std::time::Duration;
 use celeriac_protocol::redis::{Backoff, RedisUrl};
 use chrono_tz::Tz;
 
+/// Where the broker is: Redis in Kombu's layout, or RabbitMQ (feature `amqp`).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum BrokerUrl {
+    /// `redis://`, `rediss://`.
+    Redis(RedisUrl),
+    /// `amqp://`, `amqps://`, `pyamqp://`.
+    #[cfg(feature = "amqp")]
+    Amqp(celeriac_protocol::amqp::AmqpUrl),
+}
+
+impl BrokerUrl {
+    /// The URL with its password hidden.
+    pub fn redacted(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl std::fmt::Display for BrokerUrl {
+    /// Passwords hidden.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Redis(url) => url.fmt(f),
+            #[cfg(feature = "amqp")]
+            Self::Amqp(url) => url.fmt(f),
+        }
+    }
+}
+
+impl From<RedisUrl> for BrokerUrl {
+    fn from(url: RedisUrl) -> Self {
+        Self::Redis(url)
+    }
+}
+
 /// Everything a [`Worker`](crate::Worker) needs to know.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct WorkerConfig {
     /// Broker URL.
-    pub broker: RedisUrl,
+    pub broker: BrokerUrl,
     /// Where results are stored; `None` stores none (Celery's disabled backend).
     pub result_backend: Option<ResultBackendConfig>,
     /// Store the request's task name, arguments, worker and periodic task name with each result
@@ -67,9 +102,9 @@ pub const UNLIMITED_PREFETCH: usize = 65_536;
 
 impl WorkerConfig {
     /// A configuration with Celery's defaults for `broker`.
-    pub fn new(broker: RedisUrl) -> Self {
+    pub fn new(broker: impl Into<BrokerUrl>) -> Self {
         Self {
-            broker,
+            broker: broker.into(),
             result_backend: None,
             result_extended: false,
             queues: vec!["celery".into()],

@@ -3,6 +3,7 @@
 //! consuming for good after a reconnect; this loop only ends on shutdown).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use celeriac_protocol::{BrokerError, Delivery, DeliveryState};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -19,10 +20,12 @@ pub(crate) async fn run(shared: Arc<Shared>, prefetch: Arc<Semaphore>, jobs: Tas
     let inflight = shared.inflight.clone();
     let mut consumer = shared.broker.consumer(
         shared.config.queues.clone(),
+        shared.config.prefetch_limit(),
         Box::new(move |tag| inflight.contains(tag)),
     );
     let max_batch = (shared.config.prefetch_limit() / 4).clamp(1, 1024);
     let mut failures = 0u32;
+    let mut window = shared.config.prefetch_limit();
     loop {
         let first = match prefetch.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -43,6 +46,22 @@ pub(crate) async fn run(shared: Arc<Shared>, prefetch: Arc<Semaphore>, jobs: Tas
         };
         if shared.stop.is_cancelled() {
             break;
+        }
+        let want = shared
+            .config
+            .prefetch_limit()
+            .saturating_add(shared.outside_window.load(Ordering::Relaxed));
+        if want != window {
+            match consumer.set_window(want).await {
+                Ok(()) => window = want,
+                Err(e) => {
+                    drop(first);
+                    if !back_off(&shared, &mut failures, &e).await {
+                        break;
+                    }
+                    continue;
+                }
+            }
         }
         // Take at most a quarter of the window per fetch, so that fetching, running, storing and
         // acking overlap instead of moving the whole window through each stage in turn.

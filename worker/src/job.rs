@@ -3,6 +3,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use celeriac_ops::logs::OUTCOME_TARGET;
@@ -24,6 +25,22 @@ use crate::retry::until_ok;
 use crate::stats::{self, Finish};
 use crate::task_error::{PyError, TaskError};
 use crate::worker::Shared;
+
+/// Counts a message held outside the prefetch window while it lives.
+struct OutsideWindow(Arc<AtomicUsize>);
+
+impl OutsideWindow {
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for OutsideWindow {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// A fetched, tracked message.
 pub(crate) struct Job {
@@ -74,11 +91,15 @@ pub(crate) async fn process(shared: Arc<Shared>, mut job: Job) {
         return;
     }
     warn_unsupported_canvas(&msg, &name);
+    let mut _outside = None;
     if let Some(eta) = eta(&shared, &msg) {
         let wait = (eta - Utc::now()).to_std().unwrap_or_default();
         if !wait.is_zero() {
-            // Like Celery, a message waiting for its ETA does not use up the prefetch window.
+            // Like Celery, a message waiting for its ETA does not use up the prefetch window
+            // (and a transport with a window of its own is told to widen it, as Celery raises
+            // the QoS, until this message is done).
             job.prefetch = None;
+            _outside = Some(OutsideWindow::enter(&shared.outside_window));
             debug!("Task {name}[{id}] waits {wait:?} for its ETA");
             tokio::select! {
                 biased;

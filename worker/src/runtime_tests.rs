@@ -69,6 +69,10 @@ fn config(concurrency: usize, prefetch_multiplier: usize) -> WorkerConfig {
 }
 
 fn start(config: WorkerConfig) -> Harness {
+    start_on(config, MemoryBroker::new())
+}
+
+fn start_on(config: WorkerConfig, broker: MemoryBroker) -> Harness {
     let runs = Arc::new(Runs::default());
     let registry = Registry::builder()
         .resource(runs.clone())
@@ -76,7 +80,6 @@ fn start(config: WorkerConfig) -> Harness {
         .task("t.flaky", flaky)
         .build()
         .expect("a registry");
-    let broker = MemoryBroker::new();
     let results = Memory::default();
     let shutdown = CancellationToken::new();
     let worker = Worker::new(config, registry);
@@ -331,4 +334,26 @@ async fn garbage_is_set_aside_and_an_unknown_task_fails_without_running() {
     let (broker, _) = h.stop().await;
     assert_eq!(broker.dead_letters().len(), 1);
     assert!(broker.unacked().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_eta_message_widens_a_transport_window_as_celery_raises_the_qos() {
+    // A broker that, like RabbitMQ, delivers no more than the consumer's window unacked.
+    let h = start_on(config(1, 1), MemoryBroker::windowed());
+    let mut later = message("t.sleep", "later", vec![json!(0)]);
+    later.headers.eta = Some((chrono::Utc::now() + chrono::TimeDelta::seconds(3600)).to_rfc3339());
+    h.broker.push("celery", &envelope(&later));
+    h.broker.push(
+        "celery",
+        &envelope(&message("t.sleep", "now", vec![json!(1)])),
+    );
+    // Without the wider window the ETA message would take the only slot for an hour.
+    until(
+        Duration::from_secs(30),
+        "the task behind the ETA message",
+        || h.states("now") == [State::Success],
+    )
+    .await;
+    assert!(h.states("later").is_empty());
+    h.stop().await;
 }

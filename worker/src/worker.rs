@@ -9,6 +9,7 @@
 //!    waiting out the visibility timeout as a killed Python worker's messages do.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use celeriac_protocol::redis::{BrokerOptions, RedisBroker};
@@ -20,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::backend::{self, BackendError, Connected, PipelineDeps};
-use crate::config::WorkerConfig;
+use crate::config::{BrokerUrl, WorkerConfig};
 use crate::health::WorkerHealth;
 use crate::inflight::InFlight;
 use crate::job::{self, Job};
@@ -73,6 +74,9 @@ pub(crate) struct Shared {
     pub sender: Arc<TaskSender>,
     /// What the probes read.
     pub health: Arc<WorkerHealth>,
+    /// Messages held outside the prefetch window (waiting for their ETA): a transport with a
+    /// window of its own widens it by this many.
+    pub outside_window: Arc<AtomicUsize>,
 }
 
 /// A Celery-compatible worker.
@@ -168,6 +172,7 @@ impl Worker {
         let shared = Arc::new(Shared {
             concurrency: slots,
             health,
+            outside_window: Arc::new(AtomicUsize::new(0)),
             origin,
             sender,
             config,
@@ -270,8 +275,8 @@ async fn connect(
     };
     let mut attempt = 0u32;
     let broker = loop {
-        match RedisBroker::connect(&config.broker, opts.clone()).await {
-            Ok(broker) => break Arc::new(broker) as Arc<dyn Broker>,
+        match connect_broker(config, &opts).await {
+            Ok(broker) => break broker,
             Err(e) => {
                 let delay = config.reconnect.delay(attempt);
                 attempt = attempt.saturating_add(1);
@@ -279,7 +284,7 @@ async fn connect(
                 tokio::select! {
                     biased;
                     () = shutdown.cancelled() => {
-                        return Err(WorkerError::NeverConnected { url: config.broker.redacted(), source: e.into() });
+                        return Err(WorkerError::NeverConnected { url: config.broker.redacted(), source: e });
                     }
                     () = tokio::time::sleep(delay) => {}
                 }
@@ -304,4 +309,28 @@ async fn connect(
             }
         }
     }
+}
+
+/// One attempt to reach the configured broker: the one place that knows which transports exist.
+async fn connect_broker(
+    config: &WorkerConfig,
+    opts: &BrokerOptions,
+) -> Result<Arc<dyn Broker>, BrokerError> {
+    Ok(match &config.broker {
+        BrokerUrl::Redis(url) => Arc::new(RedisBroker::connect(url, opts.clone()).await?),
+        #[cfg(feature = "amqp")]
+        BrokerUrl::Amqp(url) => {
+            use celeriac_protocol::amqp::{AmqpBroker, AmqpOptions};
+            let options = AmqpOptions {
+                connection_name: format!("celeriac-worker {}", config.hostname),
+                ..AmqpOptions::default()
+            };
+            let client = AmqpBroker::connect(url, options).await?;
+            Arc::new(celeriac_protocol::broker::AmqpTransport::new(
+                client,
+                config.dead_letter_key.clone(),
+                config.hostname.clone(),
+            ))
+        }
+    })
 }

@@ -42,6 +42,8 @@ struct Inner {
     state: Mutex<State>,
     arrived: Notify,
     poll: Duration,
+    /// Consumers get at most their window of unacked messages, as AMQP's `basic.qos`.
+    windowed: bool,
 }
 
 /// The in-memory broker. Clones share the same queues.
@@ -59,11 +61,22 @@ impl Default for MemoryBroker {
 impl MemoryBroker {
     /// An empty broker whose consumers wait up to a second for a message, as Kombu's poll does.
     pub fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// A broker that, like AMQP, delivers to each consumer at most its window of unacked
+    /// messages ([`Consumer::set_window`]), starting at the prefetch it was created with.
+    pub fn windowed() -> Self {
+        Self::build(true)
+    }
+
+    fn build(windowed: bool) -> Self {
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
                 arrived: Notify::new(),
                 poll: Duration::from_secs(1),
+                windowed,
             }),
         }
     }
@@ -154,8 +167,13 @@ impl MemoryBroker {
         queues: &[String],
         rotation: usize,
         max: usize,
+        window: Option<usize>,
     ) -> Result<Vec<Delivery>, BrokerError> {
         let mut s = self.call()?;
+        let max = match window {
+            Some(w) => max.min(w.saturating_sub(s.unacked.len())),
+            None => max,
+        };
         let mut out = Vec::new();
         let n = queues.len();
         let mut i = 0;
@@ -215,12 +233,14 @@ impl Broker for MemoryBroker {
     fn consumer(
         &self,
         queues: Vec<String>,
+        prefetch: usize,
         _held: Box<dyn Fn(&str) -> bool + Send + Sync>,
     ) -> Box<dyn Consumer> {
         Box::new(MemoryConsumer {
             broker: self.clone(),
             queues,
             rotation: 0,
+            window: self.inner.windowed.then_some(prefetch),
         })
     }
 
@@ -328,12 +348,16 @@ struct MemoryConsumer {
     broker: MemoryBroker,
     queues: Vec<String>,
     rotation: usize,
+    /// Unacked messages it may hold (windowed brokers only; one consumer per broker assumed).
+    window: Option<usize>,
 }
 
 impl Consumer for MemoryConsumer {
     fn fetch(&mut self, max: usize) -> BrokerFuture<'_, Vec<Delivery>> {
         Box::pin(async move {
-            let batch = self.broker.take(&self.queues, self.rotation, max)?;
+            let batch = self
+                .broker
+                .take(&self.queues, self.rotation, max, self.window)?;
             self.rotation = self.rotation.wrapping_add(batch.len());
             Ok(batch)
         })
@@ -345,19 +369,33 @@ impl Consumer for MemoryConsumer {
             let arrived = inner.arrived.notified();
             tokio::pin!(arrived);
             arrived.as_mut().enable();
-            if let Some(d) = self.broker.take(&self.queues, self.rotation, 1)?.pop() {
+            if let Some(d) = self
+                .broker
+                .take(&self.queues, self.rotation, 1, self.window)?
+                .pop()
+            {
                 self.rotation = self.rotation.wrapping_add(1);
                 return Ok(Some(d));
             }
             if tokio::time::timeout(inner.poll, arrived).await.is_err() {
                 return Ok(None);
             }
-            let got = self.broker.take(&self.queues, self.rotation, 1)?.pop();
+            let got = self
+                .broker
+                .take(&self.queues, self.rotation, 1, self.window)?
+                .pop();
             if got.is_some() {
                 self.rotation = self.rotation.wrapping_add(1);
             }
             Ok(got)
         })
+    }
+
+    fn set_window(&mut self, messages: usize) -> BrokerFuture<'_, ()> {
+        if self.window.is_some() {
+            self.window = Some(messages);
+        }
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -379,7 +417,7 @@ mod tests {
             b.push("celery", &envelope(id));
         }
         b.push_raw("celery", "not json");
-        let mut c = b.consumer(vec!["celery".into()], Box::new(|_| false));
+        let mut c = b.consumer(vec!["celery".into()], 10, Box::new(|_| false));
         let first = c.fetch(2).await.expect("fetch");
         assert_eq!(first.len(), 2);
         assert_eq!(b.unacked(), ["tag-a", "tag-b"]);
@@ -412,7 +450,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiting_consumer_wakes_when_a_message_arrives() {
         let b = MemoryBroker::new();
-        let mut c = b.consumer(vec!["q".into()], Box::new(|_| false));
+        let mut c = b.consumer(vec!["q".into()], 10, Box::new(|_| false));
         let producer = b.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;

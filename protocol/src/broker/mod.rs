@@ -17,6 +17,8 @@
 //! Deliveries carry Kombu's JSON envelope as text (`raw`), the form the runtime decodes and the
 //! dead-letter list keeps.
 
+#[cfg(feature = "amqp")]
+mod amqp;
 pub mod memory;
 mod redis;
 
@@ -29,6 +31,8 @@ use thiserror::Error;
 use crate::envelope::Envelope;
 use crate::redis::RedisClientError;
 
+#[cfg(feature = "amqp")]
+pub use self::amqp::AmqpTransport;
 pub use self::redis::RedisConsumer;
 
 /// The future every broker call returns (boxed, so the runtime can hold `dyn Broker`).
@@ -99,11 +103,13 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     fn declare_queues<'a>(&'a self, queues: &'a [String]) -> BrokerFuture<'a, ()>;
 
     /// A consumer of `queues`, taken in this order with rotation after each delivery (Kombu's
-    /// round robin). `held` says whether the runtime holds a delivery tag (a transport that must
-    /// recover messages whose fetch reply was lost skips those).
+    /// round robin). `prefetch` is the most messages the runtime holds (a transport that pushes
+    /// deliveries sets its window to it). `held` says whether the runtime holds a delivery tag
+    /// (a transport that must recover messages whose fetch reply was lost skips those).
     fn consumer(
         &self,
         queues: Vec<String>,
+        prefetch: usize,
         held: Box<dyn Fn(&str) -> bool + Send + Sync>,
     ) -> Box<dyn Consumer>;
 
@@ -164,4 +170,13 @@ pub trait Consumer: Send {
 
     /// Waits up to the transport's poll interval (about a second) for one message.
     fn wait(&mut self) -> BrokerFuture<'_, Option<Delivery>>;
+
+    /// The runtime now holds up to `messages` (its prefetch window plus the messages it holds
+    /// outside it, waiting for their ETA). A transport that pushes deliveries within a window
+    /// of its own (AMQP's `basic.qos`) widens or narrows it, as Celery raises the QoS for ETA
+    /// messages; a polling transport has nothing to do.
+    fn set_window(&mut self, messages: usize) -> BrokerFuture<'_, ()> {
+        let _ = messages;
+        Box::pin(async { Ok(()) })
+    }
 }

@@ -20,6 +20,7 @@ impl Broker for RedisBroker {
     fn consumer(
         &self,
         queues: Vec<String>,
+        _prefetch: usize,
         held: Box<dyn Fn(&str) -> bool + Send + Sync>,
     ) -> Box<dyn Consumer> {
         Box::new(RedisConsumer {
