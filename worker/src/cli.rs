@@ -445,7 +445,11 @@ mod tests {
                 .expect("flags parse")
                 .into_config()
         };
-        assert!(parse(&["--broker", "amqp://x"]).is_err());
+        assert!(parse(&["--broker", "kafka://x"]).is_err());
+        assert!(parse(&["--broker", "librabbitmq://h"]).is_err());
+        let amqp = parse(&["--broker", "pyamqp://u:secret@rabbit:5672/app"]).expect("valid");
+        assert!(matches!(amqp.broker, BrokerUrl::Amqp(_)));
+        assert!(!amqp.broker.redacted().contains("secret"));
         assert!(parse(&["--visibility-timeout", "0"]).is_err());
         assert!(parse(&["--timezone", "Mars/Olympus"]).is_err());
         assert!(parse(&["--concurrency", "0"]).is_err());
