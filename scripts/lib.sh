@@ -105,7 +105,9 @@ ensure_rabbitmq() {
   rabbitmq_up && return 0
   command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
   say "starting rabbitmq-server"
-  as_root service rabbitmq-server start >/dev/null 2>&1 || as_root rabbitmq-server -detached >/dev/null 2>&1 || true
+  # A node whose application was stopped (rabbitmqctl stop_app) only needs start_app.
+  as_root rabbitmqctl -q start_app >/dev/null 2>&1 ||
+    as_root service rabbitmq-server start >/dev/null 2>&1 || as_root rabbitmq-server -detached >/dev/null 2>&1 || true
   for _ in $(seq 120); do rabbitmq_up && return 0; sleep 0.5; done
   echo "rabbitmq-server did not start on 127.0.0.1:5672 (see /var/log/rabbitmq)" >&2
   return 1

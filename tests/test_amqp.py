@@ -123,10 +123,12 @@ def test_rabbitmq_restarted_under_load_loses_nothing(amqp_app, amqp_url, vhost, 
     wait_for(lambda: done() >= 30, timeout=30, what="the load to be under way")
     # The broker application stops (every connection drops) and starts again: Celery's messages
     # are persistent in durable queues, so what was queued or unacked is still there.
-    assert rabbitmqctl("stop_app").returncode == 0
-    stopped_with = done()
-    time.sleep(2)
-    assert rabbitmqctl("start_app").returncode == 0
+    try:
+        assert rabbitmqctl("stop_app").returncode == 0
+        stopped_with = done()
+        time.sleep(2)
+    finally:
+        assert rabbitmqctl("start_app").returncode == 0
     assert stopped_with < len(ids), "messages must still be queued when RabbitMQ stops"
     wait_for(lambda: done() == len(ids), timeout=90, interval=0.2, what="every task after the restart")
     w.wait_log("consuming again")

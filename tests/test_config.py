@@ -94,7 +94,8 @@ def test_rediss_with_a_ca_certificate(tmp_path, start_worker):
 
 
 @pytest.mark.parametrize("args,complaint", [
-    (["--broker", "amqp://guest@localhost//"], "unsupported scheme"),
+    (["--broker", "sqs://key:secret@queue.example"], "unsupported scheme `sqs`"),
+    (["--broker", "librabbitmq://guest@localhost//"], "unsupported scheme `librabbitmq`"),
     (["--visibility-timeout=-1"], "--visibility-timeout"),
     (["--visibility-timeout", "soon"], "--visibility-timeout"),
     (["--timezone", "Mars/Olympus"], "--timezone"),

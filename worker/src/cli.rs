@@ -148,6 +148,17 @@ fn broker_url(value: &str) -> Result<BrokerUrl, ConfigError> {
             reason: "AMQP needs the `amqp` feature, which this worker was built without".into(),
         });
     }
+    if let Some(other) = scheme
+        .as_deref()
+        .filter(|s| !matches!(*s, "redis" | "rediss" | "unix"))
+    {
+        return Err(ConfigError::Invalid {
+            setting: "--broker",
+            reason: format!(
+                "unsupported scheme `{other}` (expected redis://, rediss://, unix://, amqp://, amqps:// or pyamqp://)"
+            ),
+        });
+    }
     RedisUrl::parse(value)
         .map(BrokerUrl::Redis)
         .map_err(|source| ConfigError::Url {
