@@ -266,7 +266,12 @@ def fill_amqp(args):
     took = time.perf_counter() - t0
     q = AmqpQueue(args)
     try:
+        # Celery publishes without confirms: the last messages may still be on their way.
+        deadline = time.monotonic() + 60
         have, consumers = q.counts()
+        while have < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+            have, consumers = q.counts()
         if have != n or consumers:
             raise BenchError(f"filling: {QUEUE} holds {have} messages ({consumers} consumers), expected {n}")
         captured = []
