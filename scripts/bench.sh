@@ -4,16 +4,29 @@
 # private Redis started here on a free loopback port (never the Redis on 6379), one after the
 # other in the same run. Prints drain time, tasks/s and peak RSS per worker, the ratios, and a
 # final JSON line. The driver is tests/bench/bench.py; flags go to it:
-#   scripts/bench.sh [--tasks N] [--concurrency C] [--prefetch-multiplier M] [--rounds R]
-#                    [--only python|celeriac] [--loglevel LEVEL] [--timeout S]   (--help for all)
+#   scripts/bench.sh [--broker redis|amqp] [--tasks N] [--concurrency C] [--prefetch-multiplier M]
+#                    [--rounds R] [--only python|celeriac] [--loglevel LEVEL] [--timeout S]   (--help for all)
+# With --broker amqp both workers consume from the machine's RabbitMQ (127.0.0.1:5672, guest/guest,
+# started here when none answers) in a private vhost made here and deleted at exit; results stay
+# in the private Redis.
 # Worker logs are kept in the printed folder when the run fails, or when BENCH_KEEP=1.
 source "$(dirname "$0")/lib.sh"
 
 ensure_redis_installed
 ensure_venv
+BROKER=redis
+prev=""
 for a in "$@"; do
   case "$a" in -h | --help) exec "$VENV/bin/python" "$ROOT/tests/bench/bench.py" --help ;; esac
+  case "$a" in --broker=*) BROKER="${a#--broker=}" ;; esac
+  [ "$prev" != --broker ] || BROKER="$a"
+  prev="$a"
 done
+case "$BROKER" in
+  redis) ;;
+  amqp) ensure_rabbitmq ;;
+  *) echo "bench: --broker must be redis or amqp, not '$BROKER'" >&2; exit 2 ;;
+esac
 ensure_rust
 command -v cc >/dev/null || apt_install build-essential
 say "building celeriac-worker (cargo build --release) into $CARGO_TARGET_DIR"
@@ -23,6 +36,7 @@ BIN="$CARGO_TARGET_DIR/release/celeriac-worker"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/celeriac-bench.XXXXXX")"
 REDIS_PID=""
 PORT=""
+VHOST=""
 
 cleanup() {
   local rc=$?
@@ -41,6 +55,10 @@ cleanup() {
     for _ in $(seq 50); do kill -0 "$REDIS_PID" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$REDIS_PID" 2>/dev/null || true
     wait "$REDIS_PID" 2>/dev/null || true
+  fi
+  if [ -n "$VHOST" ]; then
+    as_root rabbitmqctl -q delete_vhost "$VHOST" >/dev/null 2>&1 ||
+      echo "bench: could not delete the RabbitMQ vhost $VHOST (rabbitmqctl delete_vhost $VHOST)" >&2
   fi
   if [ "$rc" -eq 0 ] && [ -z "${BENCH_KEEP:-}" ]; then
     rm -rf "$WORK"
@@ -72,4 +90,15 @@ for attempt in 1 2 3 4 5; do
 done
 say "private redis-server (pid $REDIS_PID) on 127.0.0.1:$PORT"
 
-"$VENV/bin/python" -u "$ROOT/tests/bench/bench.py" --port "$PORT" --worker-bin "$BIN" --work-dir "$WORK" "$@"
+EXTRA=()
+if [ "$BROKER" = amqp ]; then
+  # Recorded before it exists, so that the trap deletes a half-made vhost too.
+  VHOST="celeriac-bench-$$-$(basename "$WORK" | cut -d. -f2)"
+  as_root rabbitmqctl -q add_vhost "$VHOST" >/dev/null
+  as_root rabbitmqctl -q set_permissions -p "$VHOST" guest '.*' '.*' '.*' >/dev/null
+  say "private RabbitMQ vhost $VHOST on 127.0.0.1:5672"
+  EXTRA=(--amqp-vhost "$VHOST")
+fi
+
+"$VENV/bin/python" -u "$ROOT/tests/bench/bench.py" --port "$PORT" --worker-bin "$BIN" --work-dir "$WORK" \
+  "${EXTRA[@]}" "$@"

@@ -14,6 +14,17 @@ Every result is then read back and checked (SUCCESS, value 2*i); any wrong or mi
 fails the benchmark. The RSS of the worker's process tree (Python: the main process plus its
 pool children, summed at each sample) is sampled while it drains; the peak is reported.
 
+With `--broker amqp` (scripts/bench.sh --broker amqp) RabbitMQ is the broker of both workers,
+in a private vhost that scripts/bench.sh creates and deletes; results stay in db 1 of the
+private Redis. AMQP has no COPY, so the N messages are sent once by real Celery into the queue
+`bench` of that vhost and read back (basic.get) into a list of captured messages: body and
+properties exactly as RabbitMQ stored them. Before each run the driver publishes that list afresh,
+unchanged (same task ids, arguments, headers, delivery mode), into the idle queue and waits until
+RabbitMQ counts all N; only then is the worker started, on the full queue. The clock starts when
+the first message is taken (the queue's ready count drops below N, polled every 2 ms) and stops
+when db 1 holds N results; publishing and the worker's start-up are outside it. After the drain
+the queue must hold nothing ready or unacked (rabbitmqctl list_queues).
+
 The last line printed is a JSON object with all numbers.
 """
 
@@ -31,6 +42,7 @@ import threading
 import time
 import uuid
 
+import amqp
 import celery
 import kombu
 import psutil
@@ -84,12 +96,19 @@ def parse_args(argv):
     p.add_argument("--sample-interval", type=float, default=0.05, help="RSS sampling period, s (default 0.05)")
     p.add_argument("--poll-interval", type=float, default=0.01, help="result-count polling period, s (default 0.01)")
     # Set by scripts/bench.sh.
+    p.add_argument("--broker", choices=["redis", "amqp"], default="redis",
+                   help="broker of both workers: the private Redis (default), or RabbitMQ on 127.0.0.1:5672 "
+                   "in a private vhost (results stay in the private Redis)")
     p.add_argument("--port", type=int, required=True, help=argparse.SUPPRESS)
+    p.add_argument("--amqp-vhost", help=argparse.SUPPRESS)
+    p.add_argument("--amqp-host", default="127.0.0.1:5672", help=argparse.SUPPRESS)
     p.add_argument("--worker-bin", required=True, help=argparse.SUPPRESS)
     p.add_argument("--work-dir", required=True, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.tasks < 1 or a.concurrency < 1 or a.prefetch_multiplier < 0 or a.rounds < 1 or a.python_concurrency < 1:
         p.error("--tasks, --concurrency, --rounds and --python-concurrency must be >= 1, --prefetch-multiplier >= 0")
+    if a.broker == "amqp" and not a.amqp_vhost:
+        p.error("--broker amqp needs the private vhost that scripts/bench.sh creates (--amqp-vhost)")
     return a
 
 
@@ -103,6 +122,14 @@ def scrub_env():
 
 def url(port, db):
     return f"redis://127.0.0.1:{port}/{db}"
+
+
+def amqp_url(args):
+    return f"amqp://guest:guest@{args.amqp_host}/{args.amqp_vhost}"
+
+
+def broker_url(args):
+    return amqp_url(args) if args.broker == "amqp" else url(args.port, BROKER_DB)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,6 +171,138 @@ def hand_over(r_src):
     """Puts the pre-filled messages on the live queue in one atomic step (COPY, Redis >= 6.2)."""
     if not r_src.copy(SRC, QUEUE, destination_db=BROKER_DB, replace=True):
         raise BenchError(f"COPY {SRC} {QUEUE} failed")
+
+
+# ---------------------------------------------------------------------------------------------
+# RabbitMQ (--broker amqp): the same N messages, published afresh before each run
+
+
+def amqp_connect(args):
+    conn = amqp.Connection(args.amqp_host, userid="guest", password="guest", virtual_host=args.amqp_vhost,
+                           connect_timeout=10)
+    conn.connect()
+    return conn
+
+
+def rabbitmqctl(*argv):
+    return subprocess.run(["rabbitmqctl", "-q", *argv], capture_output=True, text=True, timeout=120)
+
+
+def amqp_counts(args, queue=QUEUE):
+    """(ready, unacked) of a queue as RabbitMQ counts them, or None when it does not exist."""
+    out = rabbitmqctl("list_queues", "-p", args.amqp_vhost, "name", "messages_ready", "messages_unacknowledged")
+    if out.returncode != 0:
+        raise BenchError(f"rabbitmqctl list_queues failed: {out.stderr.strip()}")
+    for line in out.stdout.splitlines():
+        f = line.split("\t")
+        if len(f) == 3 and f[0] == queue and f[1].isdigit():
+            return int(f[1]), int(f[2])
+    return None
+
+
+def rabbitmq_proc():
+    """The Erlang VM of the RabbitMQ server (beam.smp), for its CPU time; None when not found."""
+    for p in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if p.info["name"] and p.info["name"].startswith("beam") and "rabbit" in " ".join(p.info["cmdline"] or []):
+                return p
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return None
+
+
+def proc_cpu(proc):
+    if proc is None:
+        return None
+    try:
+        t = proc.cpu_times()
+        return t.user + t.system
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+class AmqpQueue:
+    """The driver's own connection to the private vhost: passive declares of the bench queue
+    (ready messages, consumers) and the publishing of the captured messages."""
+
+    def __init__(self, args):
+        self.conn = amqp_connect(args)
+        self.ch = self.conn.channel()
+
+    def counts(self):
+        ok = self.ch.queue_declare(QUEUE, passive=True)
+        return ok.message_count, ok.consumer_count
+
+    def publish(self, captured, timeout=120):
+        for body, props, exchange, routing_key in captured:
+            self.ch.basic_publish(amqp.Message(body, **props), exchange=exchange, routing_key=routing_key)
+        deadline = time.monotonic() + timeout
+        while self.counts()[0] < len(captured):
+            if time.monotonic() > deadline:
+                raise BenchError(f"publishing: RabbitMQ holds {self.counts()[0]} of {len(captured)} messages "
+                                 f"after {timeout:.0f}s")
+            time.sleep(0.01)
+
+    def close(self):
+        try:
+            self.conn.close()
+        except Exception:  # noqa: BLE001 - best effort at the end of a run
+            pass
+
+
+def fill_amqp(args):
+    """Sends N messages with real Celery into the queue `bench` of the private vhost (Celery
+    declares it as it declares its queues: durable, on the default and the `bench` exchanges),
+    then takes them back with basic.get: the list of (body, properties, exchange, routing key)
+    that every run is given, unchanged. Results are on, as for Redis."""
+    n = args.tasks
+    app = Celery("bench-fill", broker=amqp_url(args))
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    t0 = time.perf_counter()
+    with app.producer_or_acquire() as producer:
+        for i, tid in enumerate(ids):
+            app.send_task(TASK, args=[i, i], queue=QUEUE, task_id=tid, producer=producer)
+    app.close()
+    took = time.perf_counter() - t0
+    q = AmqpQueue(args)
+    try:
+        # Celery publishes without confirms: the last messages may still be on their way.
+        deadline = time.monotonic() + 60
+        have, consumers = q.counts()
+        while have < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+            have, consumers = q.counts()
+        if have != n or consumers:
+            raise BenchError(f"filling: {QUEUE} holds {have} messages ({consumers} consumers), expected {n}")
+        captured = []
+        while True:
+            m = q.ch.basic_get(QUEUE, no_ack=True)
+            if m is None:
+                break
+            captured.append((m.body, dict(m.properties), m.delivery_info["exchange"], m.delivery_info["routing_key"]))
+        if q.counts()[0] != 0:
+            raise BenchError("filling: messages left in the queue after capturing")
+        server = q.conn.server_properties
+    finally:
+        q.close()
+    if len(captured) != n:
+        raise BenchError(f"filling: captured {len(captured)} messages, expected {n}")
+    for (_, props, _, _), tid in zip(captured, ids):
+        if props.get("application_headers", {}).get("id") != tid:
+            raise BenchError("filling: captured messages are not in the order sent")
+    h = captured[0][1].get("application_headers", {})
+    if h.get("task") != TASK or h.get("id") != ids[0]:
+        raise BenchError(f"filling: unexpected first message headers {h!r}")
+    if h.get("ignore_result"):
+        raise BenchError(f"filling: messages say ignore_result={h.get('ignore_result')!r}; results must be on")
+    size = len(captured[0][0].encode() if isinstance(captured[0][0], str) else captured[0][0])
+    log(f"filled and captured {n} messages in {took:.1f}s ({n / took:.0f}/s sent); "
+        f"headers.ignore_result={h.get('ignore_result')!r}, {size} bytes of body each, "
+        f"delivery_mode {captured[0][1].get('delivery_mode')}, exchange {captured[0][2]!r}, "
+        f"routing key {captured[0][3]!r}")
+    info = {"fill_seconds": took, "message_bytes": size, "ignore_result_header": h.get("ignore_result"),
+            "rabbitmq_server": server.get("version"), "amqp_vhost": args.amqp_vhost}
+    return ids, captured, info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +397,7 @@ def worker_command(kind, args):
         celery_bin = os.path.join(os.path.dirname(sys.executable), "celery")
         return [celery_bin, "-A", "benchapp", "worker", "-P", "prefork", "-c", str(args.python_concurrency),
                 "-Q", QUEUE, "-l", "warning", "--without-heartbeat", "--without-gossip", "--without-mingle"]
-    return [args.worker_bin, "--broker", url(args.port, BROKER_DB), "--result-backend", url(args.port, RESULT_DB),
+    return [args.worker_bin, "--broker", broker_url(args), "--result-backend", url(args.port, RESULT_DB),
             "-Q", QUEUE, "--concurrency", str(args.concurrency), "--prefetch-multiplier",
             str(args.prefetch_multiplier), "-l", args.loglevel]
 
@@ -246,7 +405,7 @@ def worker_command(kind, args):
 def worker_env(kind, args):
     env = dict(os.environ)
     if kind == "python":
-        env["BENCH_BROKER_URL"] = url(args.port, BROKER_DB)
+        env["BENCH_BROKER_URL"] = broker_url(args)
         env["BENCH_RESULT_BACKEND"] = url(args.port, RESULT_DB)
         env["PYTHONPATH"] = HERE + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
@@ -470,6 +629,127 @@ def run_one(kind, rnd, args, ids, conns):
     return out
 
 
+def run_one_amqp(kind, rnd, args, ids, captured, r_res):
+    """One run on RabbitMQ: the captured messages published into the idle queue, then the worker
+    started on the full queue; the clock runs from the first message taken to the N-th result."""
+    n = len(ids)
+    r_res.flushdb()
+    q = AmqpQueue(args)
+    w = Worker(kind, args, os.path.join(args.work_dir, f"{kind}-round{rnd}.log"))
+    out = {"worker": kind, "round": rnd, "command": shlex.join(w.cmd)}
+    try:
+        ready, consumers = q.counts()
+        if ready or consumers:
+            raise BenchError(f"queue {QUEUE} is not idle before the run: {ready} messages, {consumers} consumers")
+        tp = time.perf_counter()
+        q.publish(captured)
+        out["publish_seconds"] = time.perf_counter() - tp
+        if q.counts() != (n, 0):
+            raise BenchError(f"queue {QUEUE} holds {q.counts()} (messages, consumers) after publishing, expected {n}")
+        # A second of quiet: RabbitMQ's writes of the persistent messages end before the worker starts.
+        time.sleep(1.0)
+        beam = rabbitmq_proc()
+        r_res.config_resetstat()
+        rcpu0 = redis_cpu(r_res)
+        reads0, _ = redis_stats(r_res)
+        t_start = time.perf_counter()
+        w.start()
+        sampler = Sampler(w.proc, args.sample_interval)
+        sampler.start()
+        # The first message taken: RabbitMQ's ready count drops below N.
+        deadline = time.monotonic() + args.ready_timeout
+        while q.counts()[0] >= n:
+            if not w.alive():
+                sampler.stop()
+                w.check_alive("before taking its first message")
+            if time.monotonic() > deadline:
+                sampler.stop()
+                raise BenchError(f"{kind} worker took no message within {args.ready_timeout:.0f}s\n" + w.log_tail())
+            time.sleep(0.002)
+        t0 = time.perf_counter()
+        cpu0, bcpu0 = tree_cpu(w.proc), proc_cpu(beam)
+        # The started worker as it takes its first message: the counterpart of the idle RSS.
+        out["idle_rss"], out["processes"] = tree_rss(w.proc)
+        out["ready_seconds"] = t0 - t_start
+        last_note, done, polls = t0, 0, 0
+        last_done, last_progress = -1, t0
+        while True:
+            done = r_res.dbsize()
+            polls += 1
+            now = time.perf_counter()
+            if done >= n:
+                break
+            if done != last_done:
+                last_done, last_progress = done, now
+            elif now - last_progress > args.stall_timeout and q.counts()[0] == 0:
+                sampler.stop()
+                raise BenchError(f"{kind} worker: results stalled at {done}/{n} for {args.stall_timeout:.0f}s with "
+                                 f"the queue empty (ready, unacked: {amqp_counts(args)}): results lost?\n"
+                                 + w.log_tail())
+            if now - t0 > args.timeout:
+                sampler.stop()
+                raise BenchError(f"{kind} worker: drain timed out after {args.timeout:.0f}s with {done}/{n} results, "
+                                 f"(ready, unacked): {amqp_counts(args)}\n" + w.log_tail())
+            if not w.alive():
+                sampler.stop()
+                w.check_alive(f"during the drain ({done}/{n} results)")
+            if now - last_note > 5:
+                log(f"  {kind}: {done}/{n} results after {now - t0:.0f}s")
+                last_note = now
+            time.sleep(args.poll_interval)
+        t1 = time.perf_counter()
+        sampler.stop()
+        cpu1, rcpu1, bcpu1 = tree_cpu(w.proc), redis_cpu(r_res), proc_cpu(beam)
+        reads1, _ = redis_stats(r_res)
+        stats = command_stats(r_res)
+        # The whole server's CPU (other vhosts' clients included, if any) over the drain.
+        out["rabbitmq_cpu_seconds"] = None if bcpu0 is None or bcpu1 is None else bcpu1 - bcpu0
+        hwm = vm_hwm(w.proc.pid) if kind == "celeriac" else None
+
+        drain = t1 - t0
+        out.update(drain_seconds=drain, tasks_per_second=n / drain, peak_rss=sampler.peak, peak_pss=sampler.peak_pss,
+                   rss_samples=sampler.samples, max_processes=sampler.max_procs, vm_hwm=hwm,
+                   worker_cpu_seconds=cpu1 - cpu0, redis_cpu_seconds=rcpu1 - rcpu0)
+        # Redis is the result backend only here: its commands are the workers' result writes.
+        worker_stats = {k: v for k, v in stats.items() if k not in DRIVER_COMMANDS}
+        worker_calls = {k: calls for k, (calls, _) in worker_stats.items()}
+        out["redis_calls"] = dict(sorted(worker_calls.items(), key=lambda kv: -kv[1]))
+        out["redis_calls_per_task"] = sum(worker_calls.values()) / n
+        out["redis_usec"] = {k: usec for k, (_, usec) in sorted(worker_stats.items(), key=lambda kv: -kv[1][1])}
+        out["redis_cpu_usec_per_task"] = out["redis_cpu_seconds"] / n * 1e6
+        out["redis_reads_per_task"] = max(0, reads1 - reads0 - polls - 3) / n
+
+        bad, examples, sample = verify(r_res, ids)
+        out["bad_results"] = bad
+        out["sample_record"] = sample
+        if bad:
+            out["bad_examples"] = examples
+        # Everything acked, nothing left ready (acks may trail the results a little).
+        deadline = time.monotonic() + 15
+        counts = amqp_counts(args)
+        while time.monotonic() < deadline and counts != (0, 0):
+            time.sleep(0.5)
+            counts = amqp_counts(args)
+        if counts is None:
+            raise BenchError(f"queue {QUEUE} vanished during the run")
+        out["queued_left"], out["unacked_left"] = counts
+        out["extra_result_keys"] = r_res.dbsize() - n
+    finally:
+        out["exit_code"] = w.stop()
+        q.close()
+    # Whatever the worker held at its exit is back on the queue: the next run needs it empty.
+    left = amqp_counts(args)
+    if left and left[0]:
+        log(f"  {kind}: {left[0]} messages back on the queue after the worker stopped; purging them")
+        out["queued_left"] = max(out.get("queued_left", 0), left[0])
+        rabbitmqctl("purge_queue", "-p", args.amqp_vhost, QUEUE)
+    out["log"] = w.log_path
+    problems = w.log_problems()
+    out["log_problem_lines"] = len(problems)
+    out["log_problem_examples"] = problems[:8]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Report
 
@@ -480,14 +760,22 @@ def mib(b):
 
 def fmt_run(r):
     hwm = f", VmHWM {mib(r['vm_hwm']):.1f} MiB" if r.get("vm_hwm") else ""
+    on_amqp = "publish_seconds" in r
+    idle = "at first message" if on_amqp else "idle"
+    ready = (f"published in {r['publish_seconds']:.2f}s (not timed), first message taken {r['ready_seconds']:.2f}s "
+             f"after start" if on_amqp else f"ready in {r['ready_seconds']:.2f}s")
+    redis_what = "redis (results only)" if on_amqp else "redis"
+    if on_amqp and r.get("rabbitmq_cpu_seconds") is not None:
+        ready += (f"; RabbitMQ CPU {r['rabbitmq_cpu_seconds']:.2f}s over the drain "
+                  f"({r['rabbitmq_cpu_seconds'] / r['tasks_per_second'] / r['drain_seconds'] * 1e6:.0f} us/task)")
     lines = [
         f"  {r['worker']:<9} round {r['round']}: drain {r['drain_seconds']:.3f}s  "
         f"{r['tasks_per_second']:.0f} tasks/s  peak RSS {mib(r['peak_rss']):.1f} MiB "
-        f"(idle {mib(r['idle_rss']):.1f} MiB, {r['max_processes']} process(es), {r['rss_samples']} samples{hwm}; "
+        f"({idle} {mib(r['idle_rss']):.1f} MiB, {r['max_processes']} process(es), {r['rss_samples']} samples{hwm}; "
         f"peak PSS {mib(r['peak_pss']):.1f} MiB)",
         f"            CPU: worker {r['worker_cpu_seconds']:.2f}s ({r['worker_cpu_seconds'] / r['drain_seconds'] * 100:.0f}% of one core), "
-        f"redis {r['redis_cpu_seconds']:.2f}s; ready in {r['ready_seconds']:.2f}s; exit code {r['exit_code']}",
-        f"            redis: {r['redis_cpu_usec_per_task']:.1f} us CPU/task, "
+        f"redis {r['redis_cpu_seconds']:.2f}s; {ready}; exit code {r['exit_code']}",
+        f"            {redis_what}: {r['redis_cpu_usec_per_task']:.1f} us CPU/task, "
         f"{r['redis_reads_per_task']:.2f} client reads (~round trips)/task, "
         f"{r['redis_calls_per_task']:.2f} commands/task incl. in scripts: "
         + ", ".join(f"{k} {v}" for k, v in list(r["redis_calls"].items())[:8]),
@@ -519,6 +807,8 @@ def summarize(runs, kind):
         "vm_hwm_mib": mib(max((r["vm_hwm"] or 0) for r in mine)) or None,
         "worker_cpu_seconds": statistics.median(r["worker_cpu_seconds"] for r in mine),
         "redis_cpu_seconds": statistics.median(r["redis_cpu_seconds"] for r in mine),
+        **({"rabbitmq_cpu_seconds": statistics.median(r["rabbitmq_cpu_seconds"] for r in mine)}
+           if all(r.get("rabbitmq_cpu_seconds") is not None for r in mine) else {}),
         "redis_calls_per_task": statistics.median(r["redis_calls_per_task"] for r in mine),
         "redis_reads_per_task": statistics.median(r["redis_reads_per_task"] for r in mine),
         "redis_cpu_usec_per_task": statistics.median(r["redis_cpu_usec_per_task"] for r in mine),
@@ -556,7 +846,7 @@ def main(argv):
     cpu_model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                       if line.startswith("model name")), platform.machine())
     env = {
-        "tasks": args.tasks, "nproc": nproc, "cpu": cpu_model,
+        "broker": args.broker, "tasks": args.tasks, "nproc": nproc, "cpu": cpu_model,
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(), "celery": celery.__version__, "kombu": kombu.__version__,
         "redis_py": redis.__version__, "redis_server": redis_version, "celeriac": celeriac_version,
@@ -569,8 +859,13 @@ def main(argv):
     print(f"  Python {env['python']}, Celery {env['celery']}, kombu {env['kombu']}, redis-py {env['redis_py']}, "
           f"redis-server {redis_version} (private, 127.0.0.1:{args.port}); {celeriac_version} (release, git {rev})",
           flush=True)
-
-    ids, fill_info = fill(args, r_src)
+    if args.broker == "amqp":
+        print(f"  broker: RabbitMQ at {args.amqp_host}, private vhost {args.amqp_vhost!r} (py-amqp {amqp.__version__}); "
+              f"results in the private Redis", flush=True)
+        env["py_amqp"] = amqp.__version__
+        ids, captured, fill_info = fill_amqp(args)
+    else:
+        ids, fill_info = fill(args, r_src)
     env.update(fill_info)
     kinds = [args.only] if args.only else ["python", "celeriac"]
     runs = []
@@ -578,7 +873,10 @@ def main(argv):
         order = kinds if rnd % 2 == 1 else kinds[::-1]
         for kind in order:
             log(f"round {rnd}: {kind} worker draining {args.tasks} tasks")
-            r = run_one(kind, rnd, args, ids, (r_broker, r_res, r_src))
+            if args.broker == "amqp":
+                r = run_one_amqp(kind, rnd, args, ids, captured, r_res)
+            else:
+                r = run_one(kind, rnd, args, ids, (r_broker, r_res, r_src))
             runs.append(r)
             log(f"  {kind}: {r['drain_seconds']:.2f}s, {r['tasks_per_second']:.0f} tasks/s, "
                 f"peak RSS {mib(r['peak_rss']):.1f} MiB")
@@ -592,10 +890,13 @@ def main(argv):
 
     summary = {k: summarize(runs, k) for k in kinds}
     ratios = {}
-    print(f"\nsummary (median drain over {args.rounds} round(s), max peak RSS), N={args.tasks}:")
+    on = " on RabbitMQ" if args.broker == "amqp" else ""
+    print(f"\nsummary{on} (median drain over {args.rounds} round(s), max peak RSS), N={args.tasks}:")
     for kind in kinds:
         s = summary[kind]
         hwm = f", VmHWM {s['vm_hwm_mib']:.1f} MiB" if s["vm_hwm_mib"] else ""
+        if s.get("rabbitmq_cpu_seconds") is not None:
+            hwm += f"; RabbitMQ CPU {s['rabbitmq_cpu_seconds']:.2f}s"
         print(f"  {kind:<9} drain {s['drain_seconds']:8.3f}s  {s['tasks_per_second']:8.0f} tasks/s  "
               f"peak RSS {s['peak_rss_mib']:7.1f} MiB (PSS {s['peak_pss_mib']:.1f} MiB){hwm}")
     if len(kinds) == 2:
