@@ -143,9 +143,16 @@ impl Broker for AmqpTransport {
 
     fn ack<'a>(&'a self, tags: &'a [&'a str]) -> BrokerFuture<'a, ()> {
         Box::pin(async move {
-            for text in tags {
-                let tag = tag_of(text)?;
-                settle(self.broker.ack(tag).await, tag, "ack").await?;
+            let tags = tags
+                .iter()
+                .map(|text| tag_of(text))
+                .collect::<Result<Vec<_>, _>>()?;
+            // All at once: each ack is a frame handed to lapin's I/O loop, and RabbitMQ does not
+            // answer acks, so awaiting them one by one only adds a hand-off per message.
+            let sent =
+                futures::future::join_all(tags.iter().map(|tag| self.broker.ack(*tag))).await;
+            for (tag, result) in tags.into_iter().zip(sent) {
+                settle(result, tag, "ack").await?;
             }
             Ok(())
         })
