@@ -65,16 +65,9 @@ impl BeatHealth {
 impl Probes for BeatHealth {
     fn live(&self) -> Verdict {
         let state = self.state.load(Ordering::Relaxed);
-        let age = self.heartbeat.age();
-        if age <= self.stall_after {
-            Verdict::ok(Self::state_name(state))
-        } else {
-            Verdict::failing(format!(
-                "stuck: no broker reply for {:.1} s (stall timeout {:.0} s); {}",
-                age.as_secs_f64(),
-                self.stall_after.as_secs_f64(),
-                Self::state_name(state)
-            ))
+        match self.heartbeat.stalled(self.stall_after) {
+            Some(stuck) => Verdict::failing(format!("{stuck}; {}", Self::state_name(state))),
+            None => Verdict::ok(Self::state_name(state)),
         }
     }
 

@@ -40,6 +40,18 @@ impl Heartbeat {
         let last = self.last_ms.load(Ordering::Relaxed);
         Duration::from_millis(self.now_ms().saturating_sub(last))
     }
+
+    /// Why liveness fails, when the last beat is older than `stall_after`.
+    pub fn stalled(&self, stall_after: Duration) -> Option<String> {
+        let age = self.age();
+        (age > stall_after).then(|| {
+            format!(
+                "stuck: no broker reply for {:.1} s (stall timeout {:.0} s)",
+                age.as_secs_f64(),
+                stall_after.as_secs_f64()
+            )
+        })
+    }
 }
 
 #[cfg(test)]

@@ -523,6 +523,40 @@ def verify(r_res, ids):
     return bad, examples, sample
 
 
+def record_drain(out, n, drain, sampler, hwm, worker_cpu, redis_cpu_seconds, stats, reads):
+    """The drain's figures into `out`; `reads` are Redis' socket reads during it, less the polls."""
+    out.update(drain_seconds=drain, tasks_per_second=n / drain, peak_rss=sampler.peak, peak_pss=sampler.peak_pss,
+               rss_samples=sampler.samples, max_processes=sampler.max_procs, vm_hwm=hwm,
+               worker_cpu_seconds=worker_cpu, redis_cpu_seconds=redis_cpu_seconds)
+    worker_stats = {k: v for k, v in stats.items() if k not in DRIVER_COMMANDS}
+    worker_calls = {k: calls for k, (calls, _) in worker_stats.items()}
+    out["redis_calls"] = dict(sorted(worker_calls.items(), key=lambda kv: -kv[1]))
+    out["redis_calls_per_task"] = sum(worker_calls.values()) / n
+    # Microseconds per command (a script's or MULTI's time includes the commands inside it).
+    out["redis_usec"] = {k: usec for k, (_, usec) in sorted(worker_stats.items(), key=lambda kv: -kv[1][1])}
+    # Redis CPU per task: command execution plus the socket work of each round trip.
+    out["redis_cpu_usec_per_task"] = redis_cpu_seconds / n * 1e6
+    # Socket reads Redis served, less the driver's (COPY, INFO x2): about one per round trip of
+    # the worker (a pipeline arrives in one read).
+    out["redis_reads_per_task"] = max(0, reads - 3) / n
+
+
+def record_results(out, r_res, ids):
+    """Every result, checked."""
+    bad, examples, sample = verify(r_res, ids)
+    out["bad_results"] = bad
+    out["sample_record"] = sample
+    if bad:
+        out["bad_examples"] = examples
+
+
+def record_log(out, w):
+    out["log"] = w.log_path
+    problems = w.log_problems()
+    out["log_problem_lines"] = len(problems)
+    out["log_problem_examples"] = problems[:8]
+
+
 def run_one(kind, rnd, args, ids, conns):
     r_broker, r_res, r_src = conns
     n = len(ids)
@@ -591,28 +625,8 @@ def run_one(kind, rnd, args, ids, conns):
         stats = command_stats(r_broker)
         hwm = vm_hwm(w.proc.pid) if kind == "celeriac" else None
 
-        drain = t1 - t0
-        out.update(drain_seconds=drain, tasks_per_second=n / drain, peak_rss=sampler.peak, peak_pss=sampler.peak_pss,
-                   rss_samples=sampler.samples, max_processes=sampler.max_procs, vm_hwm=hwm,
-                   worker_cpu_seconds=cpu1 - cpu0, redis_cpu_seconds=rcpu1 - rcpu0)
-        worker_stats = {k: v for k, v in stats.items() if k not in DRIVER_COMMANDS}
-        worker_calls = {k: calls for k, (calls, _) in worker_stats.items()}
-        out["redis_calls"] = dict(sorted(worker_calls.items(), key=lambda kv: -kv[1]))
-        out["redis_calls_per_task"] = sum(worker_calls.values()) / n
-        # Microseconds per command (a script's or MULTI's time includes the commands inside it).
-        out["redis_usec"] = {k: usec for k, (_, usec) in sorted(worker_stats.items(), key=lambda kv: -kv[1][1])}
-        # Redis CPU per task: command execution plus the socket work of each round trip.
-        out["redis_cpu_usec_per_task"] = out["redis_cpu_seconds"] / n * 1e6
-        # Socket reads Redis served, less the driver's (COPY, INFO x2, the polls): about one per
-        # round trip of the worker (a pipeline arrives in one read).
-        out["redis_reads_per_task"] = max(0, reads1 - reads0 - polls - 3) / n
-
-        # Every result, checked.
-        bad, examples, sample = verify(r_res, ids)
-        out["bad_results"] = bad
-        out["sample_record"] = sample
-        if bad:
-            out["bad_examples"] = examples
+        record_drain(out, n, t1 - t0, sampler, hwm, cpu1 - cpu0, rcpu1 - rcpu0, stats, reads1 - reads0 - polls)
+        record_results(out, r_res, ids)
         # Everything acked, nothing left queued (acks may trail the results a little).
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and (r_broker.hlen("unacked") or r_broker.llen(QUEUE)):
@@ -622,10 +636,7 @@ def run_one(kind, rnd, args, ids, conns):
         out["extra_result_keys"] = r_res.dbsize() - n
     finally:
         out["exit_code"] = w.stop()
-    out["log"] = w.log_path
-    problems = w.log_problems()
-    out["log_problem_lines"] = len(problems)
-    out["log_problem_examples"] = problems[:8]
+    record_log(out, w)
     return out
 
 
@@ -706,24 +717,9 @@ def run_one_amqp(kind, rnd, args, ids, captured, r_res):
         out["rabbitmq_cpu_seconds"] = None if bcpu0 is None or bcpu1 is None else bcpu1 - bcpu0
         hwm = vm_hwm(w.proc.pid) if kind == "celeriac" else None
 
-        drain = t1 - t0
-        out.update(drain_seconds=drain, tasks_per_second=n / drain, peak_rss=sampler.peak, peak_pss=sampler.peak_pss,
-                   rss_samples=sampler.samples, max_processes=sampler.max_procs, vm_hwm=hwm,
-                   worker_cpu_seconds=cpu1 - cpu0, redis_cpu_seconds=rcpu1 - rcpu0)
         # Redis is the result backend only here: its commands are the workers' result writes.
-        worker_stats = {k: v for k, v in stats.items() if k not in DRIVER_COMMANDS}
-        worker_calls = {k: calls for k, (calls, _) in worker_stats.items()}
-        out["redis_calls"] = dict(sorted(worker_calls.items(), key=lambda kv: -kv[1]))
-        out["redis_calls_per_task"] = sum(worker_calls.values()) / n
-        out["redis_usec"] = {k: usec for k, (_, usec) in sorted(worker_stats.items(), key=lambda kv: -kv[1][1])}
-        out["redis_cpu_usec_per_task"] = out["redis_cpu_seconds"] / n * 1e6
-        out["redis_reads_per_task"] = max(0, reads1 - reads0 - polls - 3) / n
-
-        bad, examples, sample = verify(r_res, ids)
-        out["bad_results"] = bad
-        out["sample_record"] = sample
-        if bad:
-            out["bad_examples"] = examples
+        record_drain(out, n, t1 - t0, sampler, hwm, cpu1 - cpu0, rcpu1 - rcpu0, stats, reads1 - reads0 - polls)
+        record_results(out, r_res, ids)
         # Everything acked, nothing left ready (acks may trail the results a little).
         deadline = time.monotonic() + 15
         counts = amqp_counts(args)
@@ -743,10 +739,7 @@ def run_one_amqp(kind, rnd, args, ids, captured, r_res):
         log(f"  {kind}: {left[0]} messages back on the queue after the worker stopped; purging them")
         out["queued_left"] = max(out.get("queued_left", 0), left[0])
         rabbitmqctl("purge_queue", "-p", args.amqp_vhost, QUEUE)
-    out["log"] = w.log_path
-    problems = w.log_problems()
-    out["log_problem_lines"] = len(problems)
-    out["log_problem_examples"] = problems[:8]
+    record_log(out, w)
     return out
 
 

@@ -102,20 +102,13 @@ impl Probes for WorkerHealth {
         if self.saturated.load(Ordering::Relaxed) {
             return Verdict::ok("every prefetch slot is taken: waiting for tasks to finish");
         }
-        let age = self.heartbeat.age();
-        if age <= self.stall_after {
-            Verdict::ok(format!(
+        match self.heartbeat.stalled(self.stall_after) {
+            Some(stuck) => Verdict::failing(format!("{stuck}; {}", Self::state_name(state))),
+            None => Verdict::ok(format!(
                 "{}; last broker reply {:.1} s ago",
                 Self::state_name(state),
-                age.as_secs_f64()
-            ))
-        } else {
-            Verdict::failing(format!(
-                "stuck: no broker reply for {:.1} s (stall timeout {:.0} s); {}",
-                age.as_secs_f64(),
-                self.stall_after.as_secs_f64(),
-                Self::state_name(state)
-            ))
+                self.heartbeat.age().as_secs_f64()
+            )),
         }
     }
 
